@@ -1,0 +1,133 @@
+//! The load of one endpoint, as the balancer sees it.
+
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::classify::Class;
+
+/// How many recent responses the success estimate remembers: each response moves it 30% of the
+/// way to 0 (failure) or 1 (success), so five straight failures take it from 1 to 0.17.
+const SUCCESS_SMOOTHING: f64 = 0.3;
+
+/// The success estimate never drops below this, which caps the failure penalty at 10 000×.
+const MIN_SUCCESS: f64 = 0.01;
+
+/// Peak-EWMA parameters.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LoadConfig {
+    /// The latency assumed for an endpoint that has not answered yet (30 ms, as Linkerd).
+    pub(crate) default_rtt: Duration,
+    /// The time over which old observations fade (10 s, as Linkerd and Finagle).
+    pub(crate) decay: Duration,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        Self {
+            default_rtt: Duration::from_millis(30),
+            decay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Requests in flight plus a Peak-EWMA latency estimate and a success estimate.
+#[derive(Debug)]
+pub(crate) struct Load {
+    pending: AtomicU32,
+    estimate: Mutex<Estimate>,
+    decay_ns: f64,
+}
+
+#[derive(Debug)]
+struct Estimate {
+    rtt_ns: f64,
+    success: f64,
+    updated: Instant,
+}
+
+impl Estimate {
+    /// How much of the old estimates survives the time since the last update, and moves the
+    /// success estimate back towards one by the same factor: an endpoint that was avoided after
+    /// failures is tried again eventually.
+    fn age(&mut self, now: Instant, decay_ns: f64) -> f64 {
+        let elapsed = nanos(now.saturating_duration_since(self.updated));
+        let keep = (-elapsed / decay_ns).exp();
+        self.success = 1.0 - (1.0 - self.success) * keep;
+        self.updated = now;
+        keep
+    }
+}
+
+impl Load {
+    pub(crate) fn new(config: &LoadConfig) -> Self {
+        Self {
+            pending: AtomicU32::new(0),
+            estimate: Mutex::new(Estimate {
+                rtt_ns: nanos(config.default_rtt),
+                success: 1.0,
+                updated: Instant::now(),
+            }),
+            decay_ns: nanos(config.decay).max(1.0),
+        }
+    }
+
+    /// Requests sent and not yet answered.
+    pub(crate) fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// The expected cost of one more request: latency × (pending + 1) ÷ success².
+    ///
+    /// Dividing by the success estimate is what keeps a fast-failing endpoint from attracting
+    /// traffic: plain Peak-EWMA would see its quick errors as low latency.
+    pub(crate) fn cost(&self, now: Instant) -> f64 {
+        let pending = f64::from(self.pending() + 1);
+        let mut estimate = self.estimate.lock().unwrap_or_else(PoisonError::into_inner);
+        // Without observations the latency estimate fades towards zero, so that an endpoint
+        // that was slow once is not shunned for ever.
+        estimate.rtt_ns *= estimate.age(now, self.decay_ns);
+        estimate.rtt_ns * pending / (estimate.success * estimate.success)
+    }
+
+    pub(crate) fn start(&self) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a finished request: its latency and how it was classified.
+    pub(crate) fn finish(&self, sent_at: Instant, class: Class) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let rtt = nanos(now.saturating_duration_since(sent_at));
+        let mut estimate = self.estimate.lock().unwrap_or_else(PoisonError::into_inner);
+        let keep = estimate.age(now, self.decay_ns);
+        // Peak: a slower observation replaces the estimate at once; a faster one is blended in by
+        // how much time has passed since the last update.
+        estimate.rtt_ns = if rtt > estimate.rtt_ns {
+            rtt
+        } else {
+            estimate.rtt_ns * keep + rtt * (1.0 - keep)
+        };
+        let observed = if class.is_success() { 1.0 } else { 0.0 };
+        estimate.success = (estimate.success * (1.0 - SUCCESS_SMOOTHING)
+            + observed * SUCCESS_SMOOTHING)
+            .max(MIN_SUCCESS);
+    }
+
+    /// The current latency and success estimates, for `/endpoints`-style reporting.
+    pub(crate) fn snapshot(&self, now: Instant) -> (Duration, f64) {
+        let mut estimate = self.estimate.lock().unwrap_or_else(PoisonError::into_inner);
+        estimate.rtt_ns *= estimate.age(now, self.decay_ns);
+        (
+            Duration::from_nanos(estimate.rtt_ns as u64),
+            estimate.success,
+        )
+    }
+}
+
+fn nanos(duration: Duration) -> f64 {
+    duration.as_nanos() as f64
+}

@@ -1,0 +1,415 @@
+//! The mesh's configuration: which services a process talks to, how their endpoints are
+//! discovered and how requests to them are balanced.
+//!
+//! Configuration is plain data with [`Default`]s named after the systems they come from, read
+//! from TOML (or JSON) with unknown keys rejected, and validated before use: every error names
+//! the path of the offending key and the value (`services.reviews.discovery.port: 0 is not a
+//! port`). The format is documented key by key in `docs/config.md`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::discovery::{Endpoint, RecordKind};
+
+/// Everything the mesh knows about the services this process calls.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MeshConfig {
+    /// Destination services by name, the name given to `Mesh::http_client`.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+}
+
+/// How one destination service is discovered, connected to and balanced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServiceConfig {
+    /// Where the endpoints come from. May be left out when a resolver is given to the
+    /// `MeshBuilder` for this service.
+    pub discovery: Option<DiscoveryConfig>,
+    /// How a request picks its endpoint.
+    pub balancer: BalancerPolicy,
+    /// The HTTP version spoken to the endpoints.
+    pub protocol: Protocol,
+    /// How long to wait for a TCP connection. Default 1 s, as Linkerd's outbound connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a request waits for discovery to produce a ready endpoint before failing with a
+    /// "no endpoints" error. Default 3 s, as Linkerd's outbound fail-fast timeout.
+    #[serde(with = "humantime_serde")]
+    pub discovery_timeout: Duration,
+    /// How long an idle pooled connection is kept. Default 90 s, as hyper's client pool.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            discovery: None,
+            balancer: BalancerPolicy::default(),
+            protocol: Protocol::default(),
+            connect_timeout: Duration::from_secs(1),
+            discovery_timeout: Duration::from_secs(3),
+            pool_idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// A service whose endpoints come from `discovery`, with every other setting at its default.
+    pub fn new(discovery: DiscoveryConfig) -> Self {
+        Self {
+            discovery: Some(discovery),
+            ..Self::default()
+        }
+    }
+}
+
+/// The load-balancing policy of a service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum BalancerPolicy {
+    /// Power of two choices by Peak-EWMA latency, in-flight requests and recent failures (the
+    /// default, as Linkerd and Finagle).
+    #[default]
+    P2c,
+    /// Each ready endpoint in turn.
+    RoundRobin,
+    /// Power of two choices by in-flight requests, as Envoy's `LEAST_REQUEST`.
+    LeastRequest,
+}
+
+/// The HTTP version used on connections to a service's endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Protocol {
+    /// HTTP/1.1 with a pool of keep-alive connections per endpoint.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge: one multiplexed connection per endpoint.
+    Http2,
+}
+
+/// Where a service's endpoints come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum DiscoveryConfig {
+    /// A fixed list of endpoints.
+    Static {
+        /// The endpoints: `"127.0.0.1:9080"` or `{ addr = "...", labels = { version = "v2" }, weight = 2 }`.
+        endpoints: Vec<EndpointConfig>,
+    },
+    /// DNS records, refreshed when their TTL runs out.
+    Dns {
+        /// The name to look up, e.g. `reviews.default.svc.cluster.local` or, for SRV,
+        /// `_http._tcp.reviews.example`.
+        name: String,
+        /// Which records to ask for. Default `a`.
+        #[serde(default)]
+        record: RecordKind,
+        /// The port of every endpoint, for address records (SRV records carry their own).
+        #[serde(default)]
+        port: Option<u16>,
+        /// Name servers to ask (`"127.0.0.1:53"`); the system's resolver configuration when empty.
+        #[serde(default)]
+        nameservers: Vec<SocketAddr>,
+        /// The shortest time between refreshes whatever the TTL says. Default 5 s, as Envoy's
+        /// `dns_refresh_rate`.
+        #[serde(default = "default_min_ttl", with = "humantime_serde")]
+        min_ttl: Duration,
+        /// The longest time between refreshes whatever the TTL says. Default 300 s.
+        #[serde(default = "default_max_ttl", with = "humantime_serde")]
+        max_ttl: Duration,
+    },
+    /// A TOML registry file, watched and reloaded when it changes.
+    File {
+        /// The registry file. A relative path is taken from the directory of the configuration
+        /// file that names it.
+        path: PathBuf,
+    },
+}
+
+fn default_min_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// One endpoint as written in configuration or in a registry file.
+///
+/// Either an address string (`"127.0.0.1:9080"`) or a table with `addr` and optional `labels`
+/// and `weight`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct EndpointConfig {
+    /// The address to connect to.
+    pub addr: SocketAddr,
+    /// Labels such as `version` and `zone`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Relative weight, at least 1. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    Endpoint::DEFAULT_WEIGHT
+}
+
+impl EndpointConfig {
+    /// The runtime endpoint this entry describes.
+    pub fn to_endpoint(&self) -> Endpoint {
+        Endpoint::new(self.addr)
+            .with_labels(Arc::new(self.labels.clone()))
+            .with_weight(self.weight)
+    }
+}
+
+impl From<SocketAddr> for EndpointConfig {
+    fn from(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            labels: BTreeMap::new(),
+            weight: default_weight(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EndpointConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            addr: SocketAddr,
+            #[serde(default)]
+            labels: BTreeMap<String, String>,
+            #[serde(default = "default_weight")]
+            weight: u32,
+        }
+
+        struct EndpointVisitor;
+
+        impl<'de> Visitor<'de> for EndpointVisitor {
+            type Value = EndpointConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"an address such as "127.0.0.1:9080" or a table with `addr`"#)
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                value
+                    .parse::<SocketAddr>()
+                    .map(EndpointConfig::from)
+                    .map_err(|_| {
+                        E::custom(format_args!(
+                            "{value:?} is not an address of the form ip:port"
+                        ))
+                    })
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let table = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(EndpointConfig {
+                    addr: table.addr,
+                    labels: table.labels,
+                    weight: table.weight,
+                })
+            }
+        }
+
+        deserializer.deserialize_any(EndpointVisitor)
+    }
+}
+
+/// Configuration that could not be read or is not valid.
+///
+/// The message names the path of the offending key and its value, for example
+/// `services.reviews.discovery.port: 0 is not a port`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    path: String,
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(path: impl Into<String>, message: impl fmt::Display) -> Self {
+        Self {
+            path: path.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Where the problem is: a key path such as `services.reviews.balancer`, prefixed by the file
+    /// name when the configuration came from a file.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// What is wrong there.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn in_file(mut self, file: &Path) -> Self {
+        self.path = if self.path.is_empty() {
+            file.display().to_string()
+        } else {
+            format!("{}: {}", file.display(), self.path)
+        };
+        self
+    }
+}
+
+impl MeshConfig {
+    /// Parses and validates a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|error| ConfigError::new("", error.message()))?;
+        let config: Self = serde_path_to_error::deserialize(deserializer).map_err(path_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses and validates a JSON document.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let config: Self =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(path_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a configuration file: JSON when its name ends in `.json`, TOML otherwise.
+    ///
+    /// Relative registry paths in the file are taken from the file's own directory.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            ConfigError::new("", format_args!("cannot read: {error}")).in_file(path)
+        })?;
+        let is_json = path.extension().is_some_and(|ext| ext == "json");
+        let mut config = if is_json {
+            Self::from_json(&text)
+        } else {
+            Self::from_toml(&text)
+        }
+        .map_err(|error| error.in_file(path))?;
+        if let Some(dir) = path.parent() {
+            config.resolve_paths(dir);
+        }
+        Ok(config)
+    }
+
+    /// Adds (or replaces) a service.
+    #[must_use]
+    pub fn with_service(mut self, name: impl Into<String>, service: ServiceConfig) -> Self {
+        self.services.insert(name.into(), service);
+        self
+    }
+
+    fn resolve_paths(&mut self, dir: &Path) {
+        for service in self.services.values_mut() {
+            if let Some(DiscoveryConfig::File { path }) = &mut service.discovery {
+                if path.is_relative() {
+                    *path = dir.join(&*path);
+                }
+            }
+        }
+    }
+
+    /// Checks every value that parsing alone cannot, naming the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, service) in &self.services {
+            let at = |key: &str| format!("services.{name}.{key}");
+            if name.is_empty() {
+                return Err(ConfigError::new("services", "a service name is empty"));
+            }
+            for (key, value) in [
+                ("connect_timeout", service.connect_timeout),
+                ("discovery_timeout", service.discovery_timeout),
+            ] {
+                if value.is_zero() {
+                    return Err(ConfigError::new(at(key), "must be greater than zero"));
+                }
+            }
+            match &service.discovery {
+                None => {}
+                Some(DiscoveryConfig::Static { endpoints }) => {
+                    if endpoints.is_empty() {
+                        return Err(ConfigError::new(
+                            at("discovery.endpoints"),
+                            "is empty: a static service needs at least one endpoint",
+                        ));
+                    }
+                    for (i, endpoint) in endpoints.iter().enumerate() {
+                        if endpoint.weight == 0 {
+                            return Err(ConfigError::new(
+                                at(&format!("discovery.endpoints[{i}].weight")),
+                                "0 is not a weight: weights start at 1",
+                            ));
+                        }
+                    }
+                }
+                Some(DiscoveryConfig::Dns {
+                    name: dns_name,
+                    record,
+                    port,
+                    min_ttl,
+                    max_ttl,
+                    ..
+                }) => {
+                    if dns_name.trim().is_empty() {
+                        return Err(ConfigError::new(at("discovery.name"), "is empty"));
+                    }
+                    match (record, port) {
+                        (RecordKind::Srv, _) => {}
+                        (_, None) => {
+                            return Err(ConfigError::new(
+                                at("discovery.port"),
+                                format_args!("is required for {record} records"),
+                            ));
+                        }
+                        (_, Some(0)) => {
+                            return Err(ConfigError::new(at("discovery.port"), "0 is not a port"));
+                        }
+                        _ => {}
+                    }
+                    if min_ttl > max_ttl {
+                        return Err(ConfigError::new(
+                            at("discovery.min_ttl"),
+                            format_args!("{min_ttl:?} is longer than max_ttl ({max_ttl:?})"),
+                        ));
+                    }
+                }
+                Some(DiscoveryConfig::File { path }) => {
+                    if path.as_os_str().is_empty() {
+                        return Err(ConfigError::new(at("discovery.path"), "is empty"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn path_error<E: fmt::Display>(error: serde_path_to_error::Error<E>) -> ConfigError {
+    let path = error.path().to_string();
+    let path = if path == "." { String::new() } else { path };
+    ConfigError::new(path, error.inner())
+}

@@ -1,0 +1,212 @@
+use std::any::Any;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Empty, Full};
+use hyper::body::Incoming;
+
+use crate::Error;
+use crate::error::BoxError;
+
+/// The body of requests and responses that pass through the mesh.
+///
+/// Empty and in-memory bodies and hyper's own response bodies are carried without a heap
+/// allocation; any other [`http_body::Body`] is boxed.
+pub struct Body {
+    kind: Kind,
+}
+
+enum Kind {
+    Empty,
+    Full(Option<Bytes>),
+    Incoming(Incoming),
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl Body {
+    /// A body with no data.
+    pub fn empty() -> Self {
+        Self { kind: Kind::Empty }
+    }
+
+    /// Wraps any body. Bodies that are already a [`Body`], an [`Empty`], a [`Full`] or a hyper
+    /// [`Incoming`] are taken over as they are.
+    pub fn new<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let body = match try_downcast::<Body, B>(body) {
+            Ok(body) => return body,
+            Err(body) => body,
+        };
+        let body = match try_downcast::<Incoming, B>(body) {
+            Ok(incoming) => {
+                return Self {
+                    kind: Kind::Incoming(incoming),
+                };
+            }
+            Err(body) => body,
+        };
+        let body = match try_downcast::<Full<Bytes>, B>(body) {
+            Ok(full) => return Self::full(full),
+            Err(body) => body,
+        };
+        let body = match try_downcast::<Empty<Bytes>, B>(body) {
+            Ok(_) => return Self::empty(),
+            Err(body) => body,
+        };
+        Self {
+            kind: Kind::Boxed(body.map_err(Into::into).boxed_unsync()),
+        }
+    }
+
+    fn full(full: Full<Bytes>) -> Self {
+        let hint = full.size_hint();
+        if hint.exact() == Some(0) {
+            return Self::empty();
+        }
+        // A `Full` yields its one frame and nothing else; take it out synchronously.
+        let mut full = full;
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        match Pin::new(&mut full).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => Self::from(frame.into_data().unwrap_or_default()),
+            _ => Self::empty(),
+        }
+    }
+}
+
+fn try_downcast<T: 'static, K: 'static>(k: K) -> Result<T, K> {
+    let mut k = Some(k);
+    match <dyn Any>::downcast_mut::<Option<T>>(&mut k) {
+        Some(t) => Ok(t.take().expect("just put there")),
+        None => Err(k.expect("just put there")),
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Empty => "empty",
+            Kind::Full(_) => "full",
+            Kind::Incoming(_) => "incoming",
+            Kind::Boxed(_) => "boxed",
+        };
+        f.debug_tuple("Body").field(&kind).finish()
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Self {
+        if bytes.is_empty() {
+            Self::empty()
+        } else {
+            Self {
+                kind: Kind::Full(Some(bytes)),
+            }
+        }
+    }
+}
+
+impl From<String> for Body {
+    fn from(text: String) -> Self {
+        Bytes::from(text).into()
+    }
+}
+
+impl From<&'static str> for Body {
+    fn from(text: &'static str) -> Self {
+        Bytes::from_static(text.as_bytes()).into()
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(data: Vec<u8>) -> Self {
+        Bytes::from(data).into()
+    }
+}
+
+impl From<Incoming> for Body {
+    fn from(incoming: Incoming) -> Self {
+        Self {
+            kind: Kind::Incoming(incoming),
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        match &mut self.kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
+            Kind::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Error::body),
+            Kind::Boxed(boxed) => Pin::new(boxed).poll_frame(cx).map_err(Error::body),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(data) => data.is_none(),
+            Kind::Incoming(incoming) => incoming.is_end_stream(),
+            Kind::Boxed(boxed) => boxed.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Incoming(incoming) => incoming.size_hint(),
+            Kind::Boxed(boxed) => boxed.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn collect(body: Body) -> Bytes {
+        body.collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn known_bodies_are_taken_over_without_boxing() {
+        let full = Body::new(Full::new(Bytes::from_static(b"hello")));
+        assert!(matches!(full.kind, Kind::Full(_)));
+        assert_eq!(full.size_hint().exact(), Some(5));
+        assert_eq!(collect(full).await, "hello");
+
+        assert!(matches!(Body::new(Empty::<Bytes>::new()).kind, Kind::Empty));
+        assert!(matches!(Body::new(Body::from("x")).kind, Kind::Full(_)));
+    }
+
+    #[tokio::test]
+    async fn other_bodies_are_boxed_and_stream() {
+        let stream = http_body_util::StreamBody::new(futures_util::stream::iter([
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"a"))),
+            Ok(Frame::data(Bytes::from_static(b"b"))),
+        ]));
+        let body = Body::new(stream);
+        assert!(matches!(body.kind, Kind::Boxed(_)));
+        assert_eq!(collect(body).await, "ab");
+    }
+}

@@ -1,0 +1,41 @@
+//! meshlib is a proxyless service mesh: the discovery, load balancing and resilience that a
+//! sidecar proxy gives a service, done in-process by the client the service links.
+//!
+//! ```no_run
+//! use meshlib::{Mesh, MeshConfig};
+//! use tower_service::Service as _;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = MeshConfig::from_toml(r#"
+//!     [services.reviews]
+//!     discovery = { kind = "static", endpoints = ["127.0.0.1:9081", "127.0.0.1:9082"] }
+//! "#)?;
+//! let mesh = Mesh::new(config)?;
+//! let mut reviews = mesh.http_client("reviews")?;
+//! let response = reviews
+//!     .call(http::Request::get("http://reviews/reviews/1").body(meshlib::Body::empty())?)
+//!     .await?;
+//! println!("{}", response.status());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The pieces, outermost first: [`Mesh`] reads [`MeshConfig`] and hands out an [`HttpClient`]
+//! per destination service; the client asks the service's [`balance::Balancer`] for an endpoint,
+//! which [`discovery`] keeps up to date; the response is classified once by
+//! [`classify::Classifier`], and that class feeds the balancer's view of the endpoint.
+#![forbid(unsafe_code)]
+
+pub mod balance;
+pub mod classify;
+pub mod config;
+pub mod discovery;
+mod error;
+pub mod http;
+mod mesh;
+mod outbound;
+
+pub use self::config::MeshConfig;
+pub use self::error::Error;
+pub use self::http::{Body, HttpClient};
+pub use self::mesh::{Mesh, MeshBuilder};

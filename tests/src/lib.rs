@@ -1,0 +1,1 @@
+//! Helpers for meshlib's integration tests.
