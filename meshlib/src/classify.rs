@@ -37,7 +37,7 @@ impl Class {
 #[derive(Clone, Debug)]
 pub struct Classifier {
     /// Bit `n` set: status `100 + n` is a retryable failure.
-    retryable: [u64; 8],
+    retryable: [u64; 15],
 }
 
 impl Default for Classifier {
@@ -55,7 +55,7 @@ impl Classifier {
     /// A classifier for which exactly `statuses` are retryable failures; other 5xx statuses are
     /// failures and everything else is a success.
     pub fn with_retryable_statuses(statuses: impl IntoIterator<Item = StatusCode>) -> Self {
-        let mut retryable = [0u64; 8];
+        let mut retryable = [0u64; 15];
         for status in statuses {
             let bit = usize::from(status.as_u16() - 100);
             retryable[bit / 64] |= 1 << (bit % 64);

@@ -280,8 +280,9 @@ impl MeshConfig {
     /// Parses and validates a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let deserializer = toml::Deserializer::parse(text)
-            .map_err(|error| ConfigError::new("", error.message()))?;
-        let config: Self = serde_path_to_error::deserialize(deserializer).map_err(path_error)?;
+            .map_err(|error| toml_error(text, String::new(), &error))?;
+        let config: Self = serde_path_to_error::deserialize(deserializer)
+            .map_err(|error| toml_error(text, key_path(&error), error.inner()))?;
         config.validate()?;
         Ok(config)
     }
@@ -290,7 +291,13 @@ impl MeshConfig {
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         let mut deserializer = serde_json::Deserializer::from_str(text);
         let config: Self =
-            serde_path_to_error::deserialize(&mut deserializer).map_err(path_error)?;
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+                let inner = error.inner();
+                ConfigError::new(
+                    key_path(&error),
+                    format_args!("{inner} (line {}, column {})", inner.line(), inner.column()),
+                )
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -408,8 +415,177 @@ impl MeshConfig {
     }
 }
 
-fn path_error<E: fmt::Display>(error: serde_path_to_error::Error<E>) -> ConfigError {
+fn key_path<E>(error: &serde_path_to_error::Error<E>) -> String {
     let path = error.path().to_string();
-    let path = if path == "." { String::new() } else { path };
-    ConfigError::new(path, error.inner())
+    if path == "." { String::new() } else { path }
+}
+
+/// One line: the key path, toml's own message, and where in the text it is.
+fn toml_error(text: &str, path: String, error: &toml::de::Error) -> ConfigError {
+    let message = error.message().trim_end();
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            ConfigError::new(
+                path,
+                format_args!("{message} (line {line}, column {column})"),
+            )
+        }
+        None => ConfigError::new(path, message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(toml: &str) -> String {
+        MeshConfig::from_toml(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_full_service_parses_with_defaults_for_what_is_left_out() {
+        let config = MeshConfig::from_toml(
+            r#"
+            [services.reviews]
+            balancer = "round-robin"
+            protocol = "http2"
+            connect_timeout = "250ms"
+            discovery = { kind = "static", endpoints = [
+                "127.0.0.1:9081",
+                { addr = "127.0.0.1:9082", labels = { version = "v2" }, weight = 3 },
+            ] }
+
+            [services.ratings]
+            discovery = { kind = "dns", name = "_http._tcp.ratings.mesh.test", record = "srv" }
+            "#,
+        )
+        .unwrap();
+        let reviews = &config.services["reviews"];
+        assert_eq!(reviews.balancer, BalancerPolicy::RoundRobin);
+        assert_eq!(reviews.protocol, Protocol::Http2);
+        assert_eq!(reviews.connect_timeout, Duration::from_millis(250));
+        assert_eq!(reviews.discovery_timeout, Duration::from_secs(3));
+        let Some(DiscoveryConfig::Static { endpoints }) = &reviews.discovery else {
+            panic!("static discovery expected");
+        };
+        let v2 = endpoints[1].to_endpoint();
+        assert_eq!((v2.label("version"), v2.weight()), (Some("v2"), 3));
+        assert_eq!(endpoints[0].to_endpoint().weight(), 1);
+
+        let ratings = &config.services["ratings"];
+        assert_eq!(ratings.balancer, BalancerPolicy::P2c);
+        let Some(DiscoveryConfig::Dns {
+            min_ttl, max_ttl, ..
+        }) = &ratings.discovery
+        else {
+            panic!("dns discovery expected");
+        };
+        assert_eq!(
+            (*min_ttl, *max_ttl),
+            (Duration::from_secs(5), Duration::from_secs(300))
+        );
+    }
+
+    #[test]
+    fn json_is_accepted_too() {
+        let config = MeshConfig::from_json(
+            r#"{"services": {"details": {"discovery": {"kind": "file", "path": "registry.toml"}}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            config.services["details"].discovery,
+            Some(DiscoveryConfig::File { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_path() {
+        let message = error("[services.reviews]\nbalancr = \"p2c\"\n");
+        assert!(
+            message.starts_with("services.reviews.balancr: unknown field `balancr`"),
+            "{message}"
+        );
+        assert!(message.ends_with("(line 2, column 1)"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_value() {
+        let message = error("[services.reviews]\nbalancer = \"fastest\"\n");
+        assert!(
+            message.starts_with("services.reviews.balancer: unknown variant `fastest`"),
+            "{message}"
+        );
+
+        let message = error("[services.reviews]\nconnect_timeout = \"soon\"\n");
+        assert!(
+            message.starts_with("services.reviews.connect_timeout: "),
+            "{message}"
+        );
+
+        let message = error(
+            "[services.reviews]\ndiscovery = { kind = \"static\", endpoints = [\"127.0.0.1:1\", \"localhost\"] }\n",
+        );
+        assert!(
+            message.contains(r#""localhost" is not an address of the form ip:port"#),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn validation_names_the_path_and_the_value() {
+        assert_eq!(
+            error(
+                "[services.reviews]\ndiscovery = { kind = \"dns\", name = \"reviews.mesh.test\" }\n"
+            ),
+            "services.reviews.discovery.port: is required for A records"
+        );
+        assert_eq!(
+            error(
+                "[services.reviews]\ndiscovery = { kind = \"dns\", name = \"r\", port = 80, min_ttl = \"10m\", max_ttl = \"1m\" }\n"
+            ),
+            "services.reviews.discovery.min_ttl: 600s is longer than max_ttl (60s)"
+        );
+        assert_eq!(
+            error(
+                "[services.reviews]\ndiscovery = { kind = \"static\", endpoints = [{ addr = \"127.0.0.1:1\", weight = 0 }] }\n"
+            ),
+            "services.reviews.discovery.endpoints[0].weight: 0 is not a weight: weights start at 1"
+        );
+        assert_eq!(
+            error(
+                "[services.reviews]\ndiscovery_timeout = \"0s\"\ndiscovery = { kind = \"file\", path = \"r.toml\" }\n"
+            ),
+            "services.reviews.discovery_timeout: must be greater than zero"
+        );
+    }
+
+    #[test]
+    fn files_are_named_in_errors_and_relative_registry_paths_follow_the_file() {
+        let dir = std::env::temp_dir().join(format!("meshlib-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mesh.toml");
+        std::fs::write(
+            &path,
+            "[services.a]\ndiscovery = { kind = \"file\", path = \"registry.toml\" }\n",
+        )
+        .unwrap();
+        let config = MeshConfig::from_file(&path).unwrap();
+        assert_eq!(
+            config.services["a"].discovery,
+            Some(DiscoveryConfig::File {
+                path: dir.join("registry.toml")
+            })
+        );
+
+        std::fs::write(&path, "[services.a]\nprotocol = \"http3\"\n").unwrap();
+        let message = MeshConfig::from_file(&path).unwrap_err().to_string();
+        assert!(
+            message.starts_with(&format!("{}: services.a.protocol: ", path.display())),
+            "{message}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -14,7 +14,7 @@
 
 mod dns;
 mod file;
-#[cfg(feature = "test-util")]
+#[cfg(any(test, feature = "test-util"))]
 mod mock;
 mod static_list;
 
@@ -28,7 +28,7 @@ use futures_util::Stream;
 
 pub use self::dns::{DnsResolver, RecordKind};
 pub use self::file::FileRegistry;
-#[cfg(feature = "test-util")]
+#[cfg(any(test, feature = "test-util"))]
 pub use self::mock::{MockHandle, MockResolver};
 pub use self::static_list::StaticResolver;
 
