@@ -195,6 +195,7 @@ impl<'de> Deserialize<'de> for EndpointConfig {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Table {
+            #[serde(deserialize_with = "socket_addr")]
             addr: SocketAddr,
             #[serde(default)]
             labels: BTreeMap<String, String>,
@@ -212,14 +213,7 @@ impl<'de> Deserialize<'de> for EndpointConfig {
             }
 
             fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
-                value
-                    .parse::<SocketAddr>()
-                    .map(EndpointConfig::from)
-                    .map_err(|_| {
-                        E::custom(format_args!(
-                            "{value:?} is not an address of the form ip:port"
-                        ))
-                    })
+                parse_socket_addr(value).map(EndpointConfig::from)
             }
 
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
@@ -234,6 +228,17 @@ impl<'de> Deserialize<'de> for EndpointConfig {
 
         deserializer.deserialize_any(EndpointVisitor)
     }
+}
+
+fn parse_socket_addr<E: de::Error>(value: &str) -> Result<SocketAddr, E> {
+    value
+        .parse()
+        .map_err(|_| E::custom(format_args!("{value:?} is not an address of the form ip:port")))
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_socket_addr(&text)
 }
 
 /// Configuration that could not be read or is not valid.
@@ -332,10 +337,10 @@ impl MeshConfig {
 
     fn resolve_paths(&mut self, dir: &Path) {
         for service in self.services.values_mut() {
-            if let Some(DiscoveryConfig::File { path }) = &mut service.discovery {
-                if path.is_relative() {
-                    *path = dir.join(&*path);
-                }
+            if let Some(DiscoveryConfig::File { path }) = &mut service.discovery
+                && path.is_relative()
+            {
+                *path = dir.join(&*path);
             }
         }
     }
@@ -404,11 +409,10 @@ impl MeshConfig {
                         ));
                     }
                 }
-                Some(DiscoveryConfig::File { path }) => {
-                    if path.as_os_str().is_empty() {
-                        return Err(ConfigError::new(at("discovery.path"), "is empty"));
-                    }
+                Some(DiscoveryConfig::File { path }) if path.as_os_str().is_empty() => {
+                    return Err(ConfigError::new(at("discovery.path"), "is empty"));
                 }
+                Some(DiscoveryConfig::File { .. }) => {}
             }
         }
         Ok(())

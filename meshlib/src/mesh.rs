@@ -55,7 +55,7 @@ impl MeshBuilder {
         self.config
             .services
             .entry(service.to_owned())
-            .or_insert_with(ServiceConfig::default);
+            .or_default();
         self.resolvers
             .insert(service.to_owned(), Arc::new(resolver));
         self

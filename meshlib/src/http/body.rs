@@ -56,9 +56,8 @@ impl Body {
             Ok(full) => return Self::full(full),
             Err(body) => body,
         };
-        let body = match try_downcast::<Empty<Bytes>, B>(body) {
-            Ok(_) => return Self::empty(),
-            Err(body) => body,
+        let Err(body) = try_downcast::<Empty<Bytes>, B>(body) else {
+            return Self::empty();
         };
         Self {
             kind: Kind::Boxed(body.map_err(Into::into).boxed_unsync()),

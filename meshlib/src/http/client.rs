@@ -133,12 +133,11 @@ impl Shared {
 
         let uri = std::mem::take(request.uri_mut());
         let mut parts = uri.into_parts();
-        if let Some(authority) = parts.authority.take() {
-            if !request.headers().contains_key(HOST) {
-                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                    request.headers_mut().insert(HOST, host);
-                }
-            }
+        if let Some(authority) = parts.authority.take()
+            && !request.headers().contains_key(HOST)
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            request.headers_mut().insert(HOST, host);
         }
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(endpoint.authority().clone());
