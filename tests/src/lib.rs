@@ -1,6 +1,7 @@
 //! Helpers for meshlib's integration tests: real servers on loopback that a test scripts while
 //! requests flow through the mesh.
 
+pub mod dns;
 pub mod server;
 
 pub use server::{SERVER_HEADER, TestServer};
