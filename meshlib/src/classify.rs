@@ -80,10 +80,11 @@ impl Classifier {
         self.status(response.status())
     }
 
-    /// Classifies a request that got no response. Only failures to connect are retryable: the
-    /// request never left, so sending it again cannot do anything twice.
+    /// Classifies a request that got no response. Failures to connect and per-try timeouts are
+    /// retryable (whether the request may be sent twice is the retry layer's decision); other
+    /// errors, such as a connection lost mid-response, are failures.
     pub fn error(&self, error: &Error) -> Class {
-        if error.is_connect() {
+        if error.is_connect() || error.is_timeout() {
             Class::RetryableFailure
         } else {
             Class::Failure

@@ -50,6 +50,18 @@ pub struct ServiceConfig {
     /// How long an idle pooled connection is kept. Default 90 s, as hyper's client pool.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
+    /// The whole request's time limit, retries and backoff included. Default 15 s, as Envoy's
+    /// route timeout. The remaining time travels downstream in the `x-mesh-timeout-ms` header.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// When and how failed requests are tried again.
+    pub retry: RetryConfig,
+    /// When an endpoint is taken out of rotation for failing.
+    pub breaker: BreakerConfig,
+    /// Active health checking; off unless configured.
+    pub health: Option<HealthCheckConfig>,
+    /// Bounds on concurrency and rate.
+    pub limits: LimitsConfig,
 }
 
 impl Default for ServiceConfig {
@@ -61,6 +73,11 @@ impl Default for ServiceConfig {
             connect_timeout: Duration::from_secs(1),
             discovery_timeout: Duration::from_secs(3),
             pool_idle_timeout: Duration::from_secs(90),
+            timeout: Duration::from_secs(15),
+            retry: RetryConfig::default(),
+            breaker: BreakerConfig::default(),
+            health: None,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -71,6 +88,238 @@ impl ServiceConfig {
         Self {
             discovery: Some(discovery),
             ..Self::default()
+        }
+    }
+}
+
+/// Retries of failed requests.
+///
+/// Only requests the classifier calls retryable are retried (connection failures and 502, 503,
+/// 504 by default), only idempotent methods unless `non_idempotent` is set, and only when the
+/// body fits in the replay buffer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RetryConfig {
+    /// Attempts in all, the first included. Default 3; 1 turns retries off.
+    pub max_attempts: u32,
+    /// Each attempt's own time limit; none by default, as Envoy.
+    #[serde(with = "humantime_serde")]
+    pub per_try_timeout: Option<Duration>,
+    /// Statuses worth another attempt. Default 502, 503 and 504.
+    pub retryable_statuses: Vec<u16>,
+    /// Retry POST and PATCH too. Default off: they may not be safe to send twice.
+    pub non_idempotent: bool,
+    /// The largest request body kept for replay; a larger one is sent once. Default 64 KiB.
+    pub max_replay_bytes: usize,
+    /// The first backoff, doubled per retry, each drawn with full jitter. Default 25 ms, as Envoy.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// The longest backoff. Default 250 ms, as Envoy.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// The budget that caps retries per service, or `"unlimited"`.
+    #[serde(
+        deserialize_with = "retry_budget",
+        serialize_with = "serialize_retry_budget"
+    )]
+    pub budget: Option<RetryBudgetConfig>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            per_try_timeout: None,
+            retryable_statuses: vec![502, 503, 504],
+            non_idempotent: false,
+            max_replay_bytes: 64 * 1024,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+            budget: Some(RetryBudgetConfig::default()),
+        }
+    }
+}
+
+/// A retry budget: retries may add at most `percent` of the requests sent within `ttl`, plus
+/// `min_per_second` so that a quiet client can still retry. Defaults 20%, 10/s and 10 s, as
+/// Finagle and Linkerd.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RetryBudgetConfig {
+    /// Retries allowed per 100 requests.
+    pub percent: f32,
+    /// Retries allowed per second whatever the traffic.
+    pub min_per_second: u32,
+    /// How long a request counts towards the budget (1 to 60 s).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        Self {
+            percent: 20.0,
+            min_per_second: 10,
+            ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+fn retry_budget<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<RetryBudgetConfig>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Budget {
+        Word(String),
+        Table(RetryBudgetConfig),
+    }
+    match Budget::deserialize(deserializer)? {
+        Budget::Table(budget) => Ok(Some(budget)),
+        Budget::Word(word) if word == "unlimited" => Ok(None),
+        Budget::Word(word) => Err(de::Error::custom(format_args!(
+            "{word:?} is not a budget: give a table or \"unlimited\""
+        ))),
+    }
+}
+
+fn serialize_retry_budget<S: serde::Serializer>(
+    budget: &Option<RetryBudgetConfig>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match budget {
+        Some(budget) => budget.serialize(serializer),
+        None => serializer.serialize_str("unlimited"),
+    }
+}
+
+/// Circuit breaking per endpoint (Envoy calls it outlier detection): an endpoint that fails too
+/// much is ejected, which makes it not ready, so the balancer routes around it. After an ejection
+/// time that doubles with each ejection (with jitter) it gets one probe request, and returns to
+/// rotation if the probe succeeds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BreakerConfig {
+    /// Failures in a row that eject an endpoint. Default 5, as Envoy's `consecutive_5xx`; 0 turns
+    /// this trigger off.
+    pub consecutive_failures: u32,
+    /// The failure percentage over `window` that ejects an endpoint. Default 50, as Hystrix;
+    /// 0 turns this trigger off.
+    pub failure_rate_percent: u8,
+    /// The sliding window for the failure rate. Default 10 s, as Hystrix.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Requests the window must hold before the rate counts. Default 20, as Hystrix.
+    pub min_requests: u32,
+    /// The first ejection's length. Default 1 s, as Linkerd's failure accrual backoff.
+    #[serde(with = "humantime_serde")]
+    pub base_ejection: Duration,
+    /// The longest ejection. Default 60 s, as Linkerd.
+    #[serde(with = "humantime_serde")]
+    pub max_ejection: Duration,
+    /// Below this percentage of endpoints in rotation the balancer stops trusting ejections and
+    /// spreads traffic over all of them. Default 50, as Envoy's `healthy_panic_threshold`; 0 turns
+    /// this off. With every endpoint ejected, requests fail at once with a "circuit open" error.
+    pub panic_threshold_percent: u8,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            failure_rate_percent: 50,
+            window: Duration::from_secs(10),
+            min_requests: 20,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(60),
+            panic_threshold_percent: 50,
+        }
+    }
+}
+
+/// Active HTTP health checking: each endpoint is probed with `GET path`; a 2xx within `timeout`
+/// passes. An endpoint enters rotation when it first passes and leaves after `unhealthy_threshold`
+/// failures in a row. Defaults as Kubernetes probes: every 10 s, 1 s timeout, 3 to fail, 1 to pass.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HealthCheckConfig {
+    /// The path probed. Default `/health`.
+    pub path: String,
+    /// Time between probes of one endpoint.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long a probe may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Failed probes in a row that take an endpoint out of rotation.
+    pub unhealthy_threshold: u32,
+    /// Passed probes in a row that put it back.
+    pub healthy_threshold: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        Self {
+            path: "/health".to_owned(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            unhealthy_threshold: 3,
+            healthy_threshold: 1,
+        }
+    }
+}
+
+/// Bounds that shed load instead of queueing it: a request over a limit fails at once with an
+/// "overloaded" or "rate limited" error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LimitsConfig {
+    /// Requests in flight to the service at once. Default 1024, as Envoy's `max_requests`.
+    pub max_requests: u32,
+    /// Requests waiting for discovery to produce an endpoint. Default 1024, as Envoy's
+    /// `max_pending_requests`.
+    pub max_pending: u32,
+    /// Requests in flight to one endpoint; an endpoint at its limit is not ready. No limit by
+    /// default.
+    pub max_requests_per_endpoint: Option<u32>,
+    /// A local token-bucket rate limit on requests to the service; none by default.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_requests: 1024,
+            max_pending: 1024,
+            max_requests_per_endpoint: None,
+            rate_limit: None,
+        }
+    }
+}
+
+/// A token bucket: `per_second` requests on average, up to `burst` at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RateLimitConfig {
+    /// The sustained rate.
+    pub per_second: u32,
+    /// The bucket's size. Default: one second's worth.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+impl RateLimitConfig {
+    /// `per_second` requests a second with a burst of one second's worth.
+    pub fn per_second(per_second: u32) -> Self {
+        Self {
+            per_second,
+            burst: None,
         }
     }
 }
@@ -231,9 +480,11 @@ impl<'de> Deserialize<'de> for EndpointConfig {
 }
 
 fn parse_socket_addr<E: de::Error>(value: &str) -> Result<SocketAddr, E> {
-    value
-        .parse()
-        .map_err(|_| E::custom(format_args!("{value:?} is not an address of the form ip:port")))
+    value.parse().map_err(|_| {
+        E::custom(format_args!(
+            "{value:?} is not an address of the form ip:port"
+        ))
+    })
 }
 
 fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
@@ -278,6 +529,110 @@ impl ConfigError {
             format!("{}: {}", file.display(), self.path)
         };
         self
+    }
+}
+
+impl ServiceConfig {
+    fn validate_policies(&self, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let retry = &self.retry;
+        if retry.max_attempts == 0 {
+            return Err(ConfigError::new(
+                at("retry.max_attempts"),
+                "0 attempts would send nothing: use 1 to turn retries off",
+            ));
+        }
+        for (i, &status) in retry.retryable_statuses.iter().enumerate() {
+            if !(100..=999).contains(&status) {
+                return Err(ConfigError::new(
+                    at(&format!("retry.retryable_statuses[{i}]")),
+                    format_args!("{status} is not an HTTP status"),
+                ));
+            }
+        }
+        if retry.backoff_base > retry.backoff_max {
+            return Err(ConfigError::new(
+                at("retry.backoff_base"),
+                format_args!(
+                    "{:?} is longer than backoff_max ({:?})",
+                    retry.backoff_base, retry.backoff_max
+                ),
+            ));
+        }
+        if let Some(budget) = &retry.budget {
+            if !(0.0..=1000.0).contains(&budget.percent) {
+                return Err(ConfigError::new(
+                    at("retry.budget.percent"),
+                    format_args!("{} is outside 0 to 1000", budget.percent),
+                ));
+            }
+            if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&budget.ttl) {
+                return Err(ConfigError::new(
+                    at("retry.budget.ttl"),
+                    format_args!("{:?} is outside 1 s to 60 s", budget.ttl),
+                ));
+            }
+        }
+        let breaker = &self.breaker;
+        for (key, percent) in [
+            ("breaker.failure_rate_percent", breaker.failure_rate_percent),
+            (
+                "breaker.panic_threshold_percent",
+                breaker.panic_threshold_percent,
+            ),
+        ] {
+            if percent > 100 {
+                return Err(ConfigError::new(
+                    at(key),
+                    format_args!("{percent} is over 100"),
+                ));
+            }
+        }
+        if breaker.base_ejection > breaker.max_ejection {
+            return Err(ConfigError::new(
+                at("breaker.base_ejection"),
+                format_args!(
+                    "{:?} is longer than max_ejection ({:?})",
+                    breaker.base_ejection, breaker.max_ejection
+                ),
+            ));
+        }
+        if let Some(health) = &self.health {
+            if !health.path.starts_with('/') {
+                return Err(ConfigError::new(
+                    at("health.path"),
+                    format_args!("{:?} does not start with /", health.path),
+                ));
+            }
+            for (key, value) in [
+                ("health.unhealthy_threshold", health.unhealthy_threshold),
+                ("health.healthy_threshold", health.healthy_threshold),
+            ] {
+                if value == 0 {
+                    return Err(ConfigError::new(at(key), "must be at least 1"));
+                }
+            }
+        }
+        let limits = &self.limits;
+        for (key, value) in [
+            ("limits.max_requests", Some(limits.max_requests)),
+            (
+                "limits.max_requests_per_endpoint",
+                limits.max_requests_per_endpoint,
+            ),
+            (
+                "limits.rate_limit.per_second",
+                limits.rate_limit.as_ref().map(|r| r.per_second),
+            ),
+            (
+                "limits.rate_limit.burst",
+                limits.rate_limit.as_ref().and_then(|r| r.burst),
+            ),
+        ] {
+            if value == Some(0) {
+                return Err(ConfigError::new(at(key), "0 would refuse every request"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -353,13 +708,23 @@ impl MeshConfig {
                 return Err(ConfigError::new("services", "a service name is empty"));
             }
             for (key, value) in [
-                ("connect_timeout", service.connect_timeout),
-                ("discovery_timeout", service.discovery_timeout),
+                ("connect_timeout", Some(service.connect_timeout)),
+                ("discovery_timeout", Some(service.discovery_timeout)),
+                ("timeout", Some(service.timeout)),
+                ("retry.per_try_timeout", service.retry.per_try_timeout),
+                ("breaker.window", Some(service.breaker.window)),
+                ("breaker.base_ejection", Some(service.breaker.base_ejection)),
+                (
+                    "health.interval",
+                    service.health.as_ref().map(|h| h.interval),
+                ),
+                ("health.timeout", service.health.as_ref().map(|h| h.timeout)),
             ] {
-                if value.is_zero() {
+                if value.is_some_and(|value| value.is_zero()) {
                     return Err(ConfigError::new(at(key), "must be greater than zero"));
                 }
             }
+            service.validate_policies(&at)?;
             match &service.discovery {
                 None => {}
                 Some(DiscoveryConfig::Static { endpoints }) => {
@@ -401,6 +766,12 @@ impl MeshConfig {
                             return Err(ConfigError::new(at("discovery.port"), "0 is not a port"));
                         }
                         _ => {}
+                    }
+                    if min_ttl.is_zero() {
+                        return Err(ConfigError::new(
+                            at("discovery.min_ttl"),
+                            "must be greater than zero",
+                        ));
                     }
                     if min_ttl > max_ttl {
                         return Err(ConfigError::new(

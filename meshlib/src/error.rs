@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::balance::NoEndpoints;
 use crate::config::ConfigError;
@@ -32,6 +33,10 @@ enum Kind {
     Connect,
     Request,
     Body,
+    Timeout,
+    CircuitOpen,
+    Overloaded,
+    RateLimited,
 }
 
 impl Error {
@@ -87,6 +92,36 @@ impl Error {
         error
     }
 
+    /// The request's deadline passed; `after` is the time it had, and `endpoint` the endpoint that
+    /// did not answer in time, if one had been picked.
+    pub(crate) fn timeout(
+        service: &Arc<str>,
+        after: Duration,
+        endpoint: Option<SocketAddr>,
+    ) -> Self {
+        let mut error = Self::new(Kind::Timeout)
+            .with_service(service)
+            .with_source(format!("no response within {after:?}"));
+        error.inner.endpoint = endpoint;
+        error
+    }
+
+    pub(crate) fn circuit_open(service: &Arc<str>) -> Self {
+        Self::new(Kind::CircuitOpen).with_service(service)
+    }
+
+    pub(crate) fn overloaded(service: &Arc<str>, limit: &'static str) -> Self {
+        Self::new(Kind::Overloaded)
+            .with_service(service)
+            .with_source(limit)
+    }
+
+    pub(crate) fn rate_limited(service: &Arc<str>, per_second: u32) -> Self {
+        Self::new(Kind::RateLimited)
+            .with_service(service)
+            .with_source(format!("over {per_second} requests per second"))
+    }
+
     pub(crate) fn body(source: impl Into<BoxError>) -> Self {
         Self::new(Kind::Body).with_source(source)
     }
@@ -109,6 +144,28 @@ impl Error {
     /// No connection could be made to the picked endpoint; the request was not sent.
     pub fn is_connect(&self) -> bool {
         self.inner.kind == Kind::Connect
+    }
+
+    /// The request's deadline passed: its overall timeout, its per-try timeout, or the deadline
+    /// it inherited from the request being served.
+    pub fn is_timeout(&self) -> bool {
+        self.inner.kind == Kind::Timeout
+    }
+
+    /// Every endpoint of the service is ejected by its circuit breaker or failing health checks;
+    /// the request was not sent.
+    pub fn is_circuit_open(&self) -> bool {
+        self.inner.kind == Kind::CircuitOpen
+    }
+
+    /// A concurrency limit was reached; the request was not sent.
+    pub fn is_overloaded(&self) -> bool {
+        self.inner.kind == Kind::Overloaded
+    }
+
+    /// The service's rate limit was reached; the request was not sent.
+    pub fn is_rate_limited(&self) -> bool {
+        self.inner.kind == Kind::RateLimited
     }
 
     /// A request or response body failed while streaming.
@@ -166,6 +223,24 @@ impl fmt::Display for Error {
                 }
             }
             Kind::Body => f.write_str("body failed")?,
+            Kind::Timeout => match self.inner.endpoint {
+                Some(endpoint) => {
+                    write!(
+                        f,
+                        "request to service {service:?} timed out at endpoint {endpoint}"
+                    )?;
+                }
+                None => write!(f, "request to service {service:?} timed out")?,
+            },
+            Kind::CircuitOpen => {
+                return write!(
+                    f,
+                    "circuit open: every endpoint of service {service:?} is ejected or failing \
+                     health checks"
+                );
+            }
+            Kind::Overloaded => write!(f, "service {service:?} overloaded")?,
+            Kind::RateLimited => write!(f, "service {service:?} rate limited")?,
         }
         if let Some(source) = &self.inner.source {
             if self.inner.kind != Kind::NoEndpoints {

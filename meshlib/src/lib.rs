@@ -27,13 +27,19 @@
 #![forbid(unsafe_code)]
 
 pub mod balance;
+pub mod breaker;
 pub mod classify;
 pub mod config;
+pub mod deadline;
 pub mod discovery;
 mod error;
+pub mod health;
 pub mod http;
+pub mod limit;
 mod mesh;
 mod outbound;
+mod retry;
+mod timeout;
 
 pub use self::config::MeshConfig;
 pub use self::error::Error;

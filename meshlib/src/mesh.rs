@@ -52,10 +52,7 @@ impl MeshBuilder {
     /// Discovers `service` with `resolver` instead of what the configuration says. A service the
     /// configuration does not name is added with default settings.
     pub fn resolver(mut self, service: &str, resolver: impl Resolver) -> Self {
-        self.config
-            .services
-            .entry(service.to_owned())
-            .or_default();
+        self.config.services.entry(service.to_owned()).or_default();
         self.resolvers
             .insert(service.to_owned(), Arc::new(resolver));
         self

@@ -1,19 +1,61 @@
 //! The outbound stack: how a request to another service is handled, assembled in one place.
 
+use std::sync::Arc;
+
+use http::StatusCode;
+use tower::ServiceBuilder;
+
 use crate::balance::Balancer;
 use crate::classify::Classifier;
 use crate::config::ServiceConfig;
 use crate::discovery::Changes;
-use crate::http::HttpClient;
+use crate::health;
+use crate::http::{Endpoints, HttpClient};
+use crate::limit::{Limit, LimitLayer};
+use crate::retry::{Retry, RetryLayer};
+use crate::timeout::{Timeout, TimeoutLayer};
+
+/// The layers of an [`HttpClient`], outermost first.
+pub(crate) type Stack = Limit<Timeout<Retry<Endpoints>>>;
 
 /// The HTTP client stack for `service`, outermost layer first:
 ///
-/// 1. balance: pick an endpoint from discovery's current set by the service's policy, waiting up
-///    to `discovery_timeout` while the set is empty;
-/// 2. endpoint: a pooled HTTP/1.1 or HTTP/2 connection to it, with a connect timeout; the
-///    response is classified once and the outcome feeds the endpoint's load estimate.
+/// 1. limits: refuse at once what is over the service's rate and concurrency limits;
+/// 2. timeout: fix the request's deadline (its own timeout, or sooner if the request being
+///    served has a deadline) and fail the request when it passes;
+/// 3. retry: try again what the classifier calls retryable, when safe, under the retry budget,
+///    with jittered backoff, each attempt cut off by the per-try timeout;
+/// 4. endpoints: pick an endpoint among those ready (discovered, healthy, breaker closed, under
+///    their own limit), send the request over a pooled connection announcing the time left,
+///    classify the answer once and feed that class to the endpoint's load and breaker.
 pub(crate) fn http(service: &str, config: &ServiceConfig, changes: Changes) -> HttpClient {
-    let balancer = Balancer::new(service, config.balancer);
-    let discovery = balancer.discover(changes);
-    HttpClient::new(service, config, balancer, Classifier::default(), discovery)
+    let service: Arc<str> = service.into();
+    let classifier = Arc::new(Classifier::with_retryable_statuses(
+        config
+            .retry
+            .retryable_statuses
+            .iter()
+            .filter_map(|&status| StatusCode::from_u16(status).ok()),
+    ));
+    let balancer = Balancer::from_config(&service, config);
+    let mut tasks = vec![balancer.discover(changes)];
+    if let Some(health) = &config.health {
+        tasks.push(health::spawn(&balancer, health.clone()));
+    }
+
+    let stack = ServiceBuilder::new()
+        .layer(LimitLayer::new(&service, &config.limits))
+        .layer(TimeoutLayer::new(&service, config.timeout))
+        .layer(RetryLayer::new(
+            &service,
+            &config.retry,
+            Arc::clone(&classifier),
+        ))
+        .service(Endpoints::new(
+            &service,
+            config,
+            balancer.clone(),
+            classifier,
+        ));
+    HttpClient::new(&service, balancer, stack, tasks)
 }

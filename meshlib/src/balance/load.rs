@@ -97,8 +97,9 @@ impl Load {
         self.pending.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records a finished request: its latency and how it was classified.
-    pub(crate) fn finish(&self, sent_at: Instant, class: Class) {
+    /// Records a finished request: its latency and, unless the caller gave up before an answer,
+    /// how it was classified.
+    pub(crate) fn finish(&self, sent_at: Instant, class: Option<Class>) {
         self.pending.fetch_sub(1, Ordering::Relaxed);
         let now = Instant::now();
         let rtt = nanos(now.saturating_duration_since(sent_at));
@@ -111,6 +112,7 @@ impl Load {
         } else {
             estimate.rtt_ns * keep + rtt * (1.0 - keep)
         };
+        let Some(class) = class else { return };
         let observed = if class.is_success() { 1.0 } else { 0.0 };
         estimate.success = (estimate.success * (1.0 - SUCCESS_SMOOTHING)
             + observed * SUCCESS_SMOOTHING)

@@ -28,7 +28,7 @@ mod load;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -39,9 +39,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use self::load::{Load, LoadConfig};
+use crate::breaker::{Breaker, BreakerState, Transition};
 use crate::classify::Class;
-use crate::config::BalancerPolicy;
+use crate::config::{BalancerPolicy, BreakerConfig, ServiceConfig};
 use crate::discovery::{Change, Changes, Endpoint, ResolveError};
+use crate::health::{Health, HealthState};
 
 /// The endpoints of one service and the policy that chooses among them.
 ///
@@ -52,24 +54,45 @@ pub struct Balancer {
 }
 
 struct Shared {
-    service: Arc<str>,
     policy: BalancerPolicy,
     load: LoadConfig,
     table: ArcSwap<Vec<Arc<BalancedEndpoint>>>,
     /// Discovery's own view, keyed by address; only changes take this lock, never requests.
     by_addr: Mutex<HashMap<SocketAddr, Arc<BalancedEndpoint>>>,
-    /// Woken whenever the table changes, for requests waiting for a first endpoint.
-    changed: Notify,
     next: AtomicUsize,
     last_error: Mutex<Option<ResolveError>>,
+    status: Arc<Status>,
 }
 
-/// An endpoint in a balancer's table: where it is and how loaded it looks.
+/// What every endpoint of one balancer shares: the policies that decide its readiness and the
+/// counts that tell the balancer how much of the table is out of rotation.
+struct Status {
+    service: Arc<str>,
+    breaker: BreakerConfig,
+    health_checked: bool,
+    max_requests_per_endpoint: Option<u32>,
+    /// Endpoints ejected by their breaker or failing health checks.
+    out: AtomicUsize,
+    /// Endpoints not yet health checked.
+    unchecked: AtomicUsize,
+    /// Woken whenever an endpoint may have become ready: table changes, health checks passed.
+    changed: Notify,
+}
+
+/// Why an endpoint is out of rotation, as bits of `BalancedEndpoint::out`.
+const OUT_EJECTED: u8 = 1;
+const OUT_UNHEALTHY: u8 = 2;
+
+/// An endpoint in a balancer's table: where it is, how loaded it looks and whether it is ready.
 pub struct BalancedEndpoint {
     endpoint: Endpoint,
     authority: Authority,
     load: Load,
+    breaker: Breaker,
+    health: Health,
+    out: AtomicU8,
     removed: AtomicBool,
+    status: Arc<Status>,
 }
 
 impl fmt::Debug for BalancedEndpoint {
@@ -77,6 +100,8 @@ impl fmt::Debug for BalancedEndpoint {
         f.debug_struct("BalancedEndpoint")
             .field("addr", &self.endpoint.addr())
             .field("pending", &self.load.pending())
+            .field("breaker", &self.breaker.state())
+            .field("health", &self.health.state())
             .finish_non_exhaustive()
     }
 }
@@ -84,7 +109,7 @@ impl fmt::Debug for BalancedEndpoint {
 impl fmt::Debug for Balancer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Balancer")
-            .field("service", &self.shared.service)
+            .field("service", &self.shared.status.service)
             .field("policy", &self.shared.policy)
             .field("endpoints", &self.shared.table.load().len())
             .finish()
@@ -92,6 +117,24 @@ impl fmt::Debug for Balancer {
 }
 
 impl BalancedEndpoint {
+    fn new(endpoint: Endpoint, load: &LoadConfig, status: &Arc<Status>) -> Self {
+        let authority = Authority::try_from(endpoint.addr().to_string())
+            .expect("a socket address is a valid URI authority");
+        if status.health_checked {
+            status.unchecked.fetch_add(1, Ordering::Relaxed);
+        }
+        Self {
+            endpoint,
+            authority,
+            load: Load::new(load),
+            breaker: Breaker::new(),
+            health: Health::new(status.health_checked),
+            out: AtomicU8::new(0),
+            removed: AtomicBool::new(false),
+            status: Arc::clone(status),
+        }
+    }
+
     /// The endpoint as discovery described it.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
@@ -112,12 +155,26 @@ impl BalancedEndpoint {
         self.load.snapshot(Instant::now())
     }
 
+    /// The endpoint's circuit breaker state.
+    pub fn breaker(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// The endpoint's health as active health checks see it.
+    pub fn health(&self) -> HealthState {
+        self.health.state()
+    }
+
     /// Counts a request as in flight until the returned guard is finished or dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
+        let now = Instant::now();
+        if self.breaker.on_send(now) {
+            tracing::debug!(service = %self.status.service, endpoint = %self.endpoint, "probing ejected endpoint");
+        }
         self.load.start();
         InFlight {
             endpoint: Some(Arc::clone(self)),
-            sent_at: Instant::now(),
+            sent_at: now,
         }
     }
 
@@ -128,10 +185,100 @@ impl BalancedEndpoint {
     fn pending_cost(&self) -> f64 {
         f64::from(self.load.pending() + 1) / f64::from(self.endpoint.weight())
     }
+
+    /// Whether a request may go here now. In panic mode ejections and failed health checks are
+    /// ignored, but an endpoint that was never checked healthy is not trusted.
+    fn is_ready(&self, now: Instant, panic: bool) -> bool {
+        if self.removed.load(Ordering::Acquire) || !self.health.is_checked() {
+            return false;
+        }
+        if let Some(limit) = self.status.max_requests_per_endpoint
+            && self.load.pending() >= limit
+        {
+            return false;
+        }
+        panic || (self.health.is_healthy() && self.breaker.is_ready(now))
+    }
+
+    /// Marks the endpoint in or out of rotation for `reason`, keeping the balancer's count.
+    fn set_out(&self, reason: u8, out: bool) {
+        let before = if out {
+            self.out.fetch_or(reason, Ordering::AcqRel)
+        } else {
+            self.out.fetch_and(!reason, Ordering::AcqRel)
+        };
+        let after = if out {
+            before | reason
+        } else {
+            before & !reason
+        };
+        if self.removed.load(Ordering::Acquire) {
+            return;
+        }
+        if before == 0 && after != 0 {
+            self.status.out.fetch_add(1, Ordering::AcqRel);
+        } else if before != 0 && after == 0 {
+            self.status.out.fetch_sub(1, Ordering::AcqRel);
+            self.status.changed.notify_waiters();
+        }
+    }
+
+    /// Records the outcome of an active health check.
+    pub(crate) fn observe_health(&self, passed: bool, healthy: u32, unhealthy: u32) {
+        let Some((was, now)) = self.health.observe(passed, healthy, unhealthy) else {
+            return;
+        };
+        if was == HealthState::Unchecked && !self.removed.load(Ordering::Acquire) {
+            self.status.unchecked.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.set_out(OUT_UNHEALTHY, now == HealthState::Unhealthy);
+        match now {
+            HealthState::Unhealthy => tracing::warn!(
+                service = %self.status.service,
+                endpoint = %self.endpoint,
+                "endpoint failed its health checks; out of rotation"
+            ),
+            _ => tracing::info!(
+                service = %self.status.service,
+                endpoint = %self.endpoint,
+                "endpoint passed its health check; in rotation"
+            ),
+        }
+        self.status.changed.notify_waiters();
+    }
+
+    fn record(&self, sent_at: Instant, class: Option<Class>) {
+        self.load.finish(sent_at, class);
+        let Some(class) = class else { return };
+        match self
+            .breaker
+            .record(&self.status.breaker, class, Instant::now())
+        {
+            Transition::None => {}
+            Transition::Ejected(ejection, reason) => {
+                self.set_out(OUT_EJECTED, true);
+                tracing::warn!(
+                    service = %self.status.service,
+                    endpoint = %self.endpoint,
+                    reason,
+                    ejection_ms = ejection.as_millis() as u64,
+                    "endpoint ejected"
+                );
+            }
+            Transition::Closed => {
+                self.set_out(OUT_EJECTED, false);
+                tracing::info!(
+                    service = %self.status.service,
+                    endpoint = %self.endpoint,
+                    "probe succeeded; endpoint back in rotation"
+                );
+            }
+        }
+    }
 }
 
 /// A request in flight to an endpoint. Finishing it records the latency and the outcome; dropping
-/// it unfinished (the caller gave up) records a failure.
+/// it unfinished (the caller gave up) records only the latency.
 #[derive(Debug)]
 #[must_use = "a request's outcome is recorded when it finishes"]
 pub struct InFlight {
@@ -150,7 +297,7 @@ impl InFlight {
     /// Records the request's latency and class.
     pub fn finish(mut self, class: Class) {
         if let Some(endpoint) = self.endpoint.take() {
-            endpoint.load.finish(self.sent_at, class);
+            endpoint.record(self.sent_at, Some(class));
         }
     }
 }
@@ -158,32 +305,58 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(endpoint) = self.endpoint.take() {
-            endpoint.load.finish(self.sent_at, Class::Failure);
+            endpoint.record(self.sent_at, None);
         }
     }
 }
 
+/// Why no endpoint could be picked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unavailable {
+    /// Discovery has produced no endpoint yet, or none has passed a health check yet.
+    NoEndpoints,
+    /// Every endpoint is ejected by its breaker or failing health checks.
+    CircuitOpen,
+    /// Every endpoint in rotation is at its concurrency limit.
+    AtCapacity,
+}
+
 impl Balancer {
-    /// An empty balancer for `service`; endpoints arrive through [`Balancer::apply`] or
-    /// [`Balancer::discover`].
+    /// An empty balancer for `service` with default breaker settings and no health checks;
+    /// endpoints arrive through [`Balancer::apply`] or [`Balancer::discover`].
     pub fn new(service: &str, policy: BalancerPolicy) -> Self {
+        let mut config = ServiceConfig::default();
+        config.balancer = policy;
+        Self::from_config(service, &config)
+    }
+
+    /// An empty balancer for `service` configured by `config`.
+    pub fn from_config(service: &str, config: &ServiceConfig) -> Self {
         Self {
             shared: Arc::new(Shared {
-                service: service.into(),
-                policy,
+                policy: config.balancer,
                 load: LoadConfig::default(),
                 table: ArcSwap::from_pointee(Vec::new()),
                 by_addr: Mutex::new(HashMap::new()),
-                changed: Notify::new(),
                 next: AtomicUsize::new(0),
                 last_error: Mutex::new(None),
+                status: Arc::new(Status {
+                    service: service.into(),
+                    breaker: config.breaker.clone(),
+                    health_checked: config.health.is_some(),
+                    max_requests_per_endpoint: config.limits.max_requests_per_endpoint,
+                    out: AtomicUsize::new(0),
+                    unchecked: AtomicUsize::new(0),
+                    changed: Notify::new(),
+                }),
             }),
         }
     }
 
     /// The service this balancer serves.
     pub fn service(&self) -> &str {
-        &self.shared.service
+        &self.shared.status.service
     }
 
     /// The endpoints currently in the table.
@@ -234,6 +407,7 @@ impl Balancer {
     /// Requests in flight are not disturbed: they hold their endpoint until they complete.
     pub fn apply(&self, change: Change) {
         let shared = &self.shared;
+        let status = &shared.status;
         let mut by_addr = shared
             .by_addr
             .lock()
@@ -243,10 +417,10 @@ impl Balancer {
                       removed: &mut Vec<Arc<BalancedEndpoint>>,
                       endpoint: Endpoint| {
             match by_addr.get(&endpoint.addr()) {
-                // Unchanged: keep its load estimates.
+                // Unchanged: keep its load estimates, breaker and health.
                 Some(existing) if existing.endpoint == endpoint => {}
                 _ => {
-                    let new = Arc::new(BalancedEndpoint::new(endpoint, &shared.load));
+                    let new = Arc::new(BalancedEndpoint::new(endpoint, &shared.load, status));
                     if let Some(old) = by_addr.insert(new.endpoint.addr(), new) {
                         removed.push(old);
                     }
@@ -277,85 +451,166 @@ impl Balancer {
         }
         let table: Vec<_> = by_addr.values().cloned().collect();
         let count = table.len();
+        // Recounted here rather than adjusted per removal, so that a breaker or health change
+        // racing with a removal cannot leave the counts off for longer than one update.
+        let out = table
+            .iter()
+            .filter(|e| e.out.load(Ordering::Acquire) != 0)
+            .count();
+        let unchecked = table.iter().filter(|e| !e.health.is_checked()).count();
         shared.table.store(Arc::new(table));
-        drop(by_addr);
         // After the new table is visible: a pick that still sees an old table notices the flag
         // and picks again.
         for endpoint in &removed {
             endpoint.removed.store(true, Ordering::Release);
         }
+        status.out.store(out, Ordering::Release);
+        status.unchecked.store(unchecked, Ordering::Release);
+        drop(by_addr);
         *shared
             .last_error
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = None;
-        tracing::debug!(service = %shared.service, endpoints = count, removed = removed.len(), "endpoints updated");
-        shared.changed.notify_waiters();
+        tracing::debug!(service = %status.service, endpoints = count, removed = removed.len(), "endpoints updated");
+        status.changed.notify_waiters();
     }
 
-    /// Picks an endpoint for one request, or `None` when the table is empty.
+    /// Picks an endpoint for one request, or `None` when none is ready.
     pub fn pick(&self) -> Option<Arc<BalancedEndpoint>> {
+        self.try_pick(&[]).ok()
+    }
+
+    /// Picks an endpoint, avoiding those in `avoid` (where earlier attempts of the same request
+    /// went) unless no other is ready.
+    pub fn try_pick(&self, avoid: &[SocketAddr]) -> Result<Arc<BalancedEndpoint>, Unavailable> {
         loop {
             let table = self.shared.table.load();
-            let picked = match table.len() {
-                0 => return None,
-                1 => &table[0],
-                len => match self.shared.policy {
-                    BalancerPolicy::P2c => {
-                        let now = Instant::now();
-                        let (a, b) = two_distinct(len);
-                        let (a, b) = (&table[a], &table[b]);
-                        if a.cost(now) <= b.cost(now) { a } else { b }
-                    }
-                    BalancerPolicy::LeastRequest => {
-                        let (a, b) = two_distinct(len);
-                        let (a, b) = (&table[a], &table[b]);
-                        if a.pending_cost() <= b.pending_cost() {
-                            a
-                        } else {
-                            b
-                        }
-                    }
-                    BalancerPolicy::RoundRobin => {
-                        &table[self.shared.next.fetch_add(1, Ordering::Relaxed) % len]
-                    }
-                },
+            let status = &self.shared.status;
+            let len = table.len();
+            let unchecked = status.unchecked.load(Ordering::Acquire).min(len);
+            if len == unchecked {
+                return Err(Unavailable::NoEndpoints);
+            }
+            let out = status.out.load(Ordering::Acquire);
+            let picked = if out == 0
+                && unchecked == 0
+                && avoid.is_empty()
+                && status.max_requests_per_endpoint.is_none()
+            {
+                // Everything is in rotation: no readiness to check.
+                self.choose(&table, |_| true)
+            } else {
+                let checked = len - unchecked;
+                let in_rotation = checked.saturating_sub(out);
+                // Too few endpoints left in rotation: spread over all of them rather than bury
+                // the few survivors (Envoy's panic threshold). With none left, only probes go.
+                let panic = in_rotation > 0
+                    && in_rotation * 100
+                        < checked * usize::from(status.breaker.panic_threshold_percent);
+                let now = Instant::now();
+                let ready = |e: &BalancedEndpoint| e.is_ready(now, panic);
+                match self
+                    .choose(&table, |e| ready(e) && !avoid.contains(&e.endpoint.addr()))
+                    .or_else(|| self.choose(&table, ready))
+                {
+                    Some(endpoint) => Some(endpoint),
+                    None if in_rotation == 0 => return Err(Unavailable::CircuitOpen),
+                    None => return Err(Unavailable::AtCapacity),
+                }
             };
-            if !picked.removed.load(Ordering::Acquire) {
-                return Some(Arc::clone(picked));
+            match picked {
+                Some(endpoint) if !endpoint.removed.load(Ordering::Acquire) => {
+                    return Ok(Arc::clone(endpoint));
+                }
+                // Removed since this table was loaded: the next load sees the new table.
+                Some(_) => continue,
+                None => return Err(Unavailable::AtCapacity),
             }
         }
     }
 
-    /// Picks an endpoint, waiting up to `timeout` for discovery to provide one.
-    pub async fn ready(&self, timeout: Duration) -> Result<Arc<BalancedEndpoint>, NoEndpoints> {
+    /// Chooses among the endpoints for which `ready` holds, by the balancer's policy.
+    fn choose<'t>(
+        &self,
+        table: &'t [Arc<BalancedEndpoint>],
+        ready: impl Fn(&BalancedEndpoint) -> bool,
+    ) -> Option<&'t Arc<BalancedEndpoint>> {
+        let len = table.len();
+        if self.shared.policy == BalancerPolicy::RoundRobin {
+            let start = self.shared.next.fetch_add(1, Ordering::Relaxed);
+            return (0..len)
+                .map(|i| &table[(start + i) % len])
+                .find(|e| ready(e));
+        }
+        let better = |a: &'t Arc<BalancedEndpoint>, b: &'t Arc<BalancedEndpoint>| {
+            let a_first = if self.shared.policy == BalancerPolicy::P2c {
+                let now = Instant::now();
+                a.cost(now) <= b.cost(now)
+            } else {
+                a.pending_cost() <= b.pending_cost()
+            };
+            if a_first { a } else { b }
+        };
+        match len {
+            0 => return None,
+            1 => return ready(&table[0]).then(|| &table[0]),
+            _ => {}
+        }
+        // A few random pairs find a ready endpoint at once unless most are not ready; then a
+        // scan from a random place finds the first two that are.
+        for _ in 0..3 {
+            let (a, b) = two_distinct(len);
+            match (ready(&table[a]), ready(&table[b])) {
+                (true, true) => return Some(better(&table[a], &table[b])),
+                (true, false) => return Some(&table[a]),
+                (false, true) => return Some(&table[b]),
+                (false, false) => {}
+            }
+        }
+        let start = fastrand::usize(..len);
+        let mut found = (0..len)
+            .map(|i| &table[(start + i) % len])
+            .filter(|e| ready(e));
+        match (found.next(), found.next()) {
+            (Some(a), Some(b)) => Some(better(a, b)),
+            (one, _) => one,
+        }
+    }
+
+    /// Picks an endpoint, waiting up to `timeout` for discovery (or a first health check) to
+    /// provide one. Ejected or saturated endpoints are not waited for: that is an error at once.
+    pub async fn ready(
+        &self,
+        timeout: Duration,
+        avoid: &[SocketAddr],
+    ) -> Result<Arc<BalancedEndpoint>, Unavailable> {
         let deadline = Instant::now() + timeout;
         loop {
-            let changed = self.shared.changed.notified();
+            let changed = self.shared.status.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some(endpoint) = self.pick() {
-                return Ok(endpoint);
+            match self.try_pick(avoid) {
+                Ok(endpoint) => return Ok(endpoint),
+                Err(Unavailable::NoEndpoints) => {}
+                Err(other) => return Err(other),
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return Err(NoEndpoints {
-                    service: Arc::clone(&self.shared.service),
-                    waited: timeout,
-                    last_error: self.last_error(),
-                });
+                return Err(Unavailable::NoEndpoints);
             }
         }
     }
-}
 
-impl BalancedEndpoint {
-    fn new(endpoint: Endpoint, load: &LoadConfig) -> Self {
-        let authority = Authority::try_from(endpoint.addr().to_string())
-            .expect("a socket address is a valid URI authority");
-        Self {
-            endpoint,
-            authority,
-            load: Load::new(load),
-            removed: AtomicBool::new(false),
+    /// Resolves when an endpoint may have become ready.
+    pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.status.changed.notified()
+    }
+
+    /// The error for a request that waited `waited` for an endpoint in vain.
+    pub fn no_endpoints(&self, waited: Duration) -> NoEndpoints {
+        NoEndpoints {
+            service: Arc::clone(&self.shared.status.service),
+            waited,
+            last_error: self.last_error(),
         }
     }
 }

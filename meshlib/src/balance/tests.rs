@@ -186,15 +186,20 @@ async fn removed_endpoints_are_never_picked_and_in_flight_requests_finish() {
 #[tokio::test(start_paused = true)]
 async fn a_request_waits_for_discovery_then_fails_naming_the_service() {
     let balancer = Balancer::new("ratings", BalancerPolicy::P2c);
-    let error = balancer.ready(Duration::from_secs(3)).await.unwrap_err();
+    let started = Instant::now();
+    let error = balancer
+        .ready(Duration::from_secs(3), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(error, Unavailable::NoEndpoints);
     assert_eq!(
-        error.to_string(),
+        balancer.no_endpoints(started.elapsed()).to_string(),
         r#"no endpoints for service "ratings" after waiting 3s"#
     );
 
     let waiter = {
         let balancer = balancer.clone();
-        tokio::spawn(async move { balancer.ready(Duration::from_secs(3)).await })
+        tokio::spawn(async move { balancer.ready(Duration::from_secs(3), &[]).await })
     };
     time::sleep(Duration::from_secs(1)).await;
     balancer.apply(Change::Add(vec![Endpoint::new(addr(7))]));
@@ -209,7 +214,7 @@ async fn discovery_errors_keep_the_last_good_set_and_are_reported() {
     handle.reset([addr(1)]);
     let balancer = Balancer::new("ratings", BalancerPolicy::P2c);
     let _task = balancer.discover(crate::discovery::Resolver::resolve(&resolver, "ratings"));
-    balancer.ready(Duration::from_secs(1)).await.unwrap();
+    balancer.ready(Duration::from_secs(1), &[]).await.unwrap();
 
     handle.fail("registry.toml: line 3: invalid address");
     time::sleep(Duration::from_millis(1)).await;
@@ -222,8 +227,12 @@ async fn discovery_errors_keep_the_last_good_set_and_are_reported() {
     handle.reset(Vec::<Endpoint>::new());
     time::sleep(Duration::from_millis(1)).await;
     let error = balancer
-        .ready(Duration::from_millis(500))
+        .ready(Duration::from_millis(500), &[])
         .await
         .unwrap_err();
-    assert!(error.to_string().contains(r#""ratings""#), "{error}");
+    assert_eq!(error, Unavailable::NoEndpoints);
+    let message = balancer
+        .no_endpoints(Duration::from_millis(500))
+        .to_string();
+    assert!(message.contains(r#""ratings""#), "{message}");
 }

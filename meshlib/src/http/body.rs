@@ -1,4 +1,5 @@
 use std::any::Any;
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -7,6 +8,7 @@ use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Empty, Full};
+
 use hyper::body::Incoming;
 
 use crate::Error;
@@ -25,6 +27,8 @@ enum Kind {
     Full(Option<Bytes>),
     Incoming(Incoming),
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
+    /// Frames already read (while trying to buffer the body for retries), then the rest.
+    Prefixed(Box<(VecDeque<Frame<Bytes>>, Body)>),
 }
 
 impl Body {
@@ -80,6 +84,65 @@ impl Body {
     }
 }
 
+impl Body {
+    /// Reads the whole body into memory if it is at most `limit` bytes and has no trailers, so
+    /// that it can be sent again. Otherwise gives back a body that yields exactly what this one
+    /// would have.
+    pub(crate) async fn into_replayable(self, limit: usize) -> Result<Bytes, Body> {
+        let mut body = match self.kind {
+            Kind::Empty => return Ok(Bytes::new()),
+            Kind::Full(data) => {
+                let data = data.unwrap_or_default();
+                return if data.len() <= limit {
+                    Ok(data)
+                } else {
+                    Err(Self::from(data))
+                };
+            }
+            kind => Self { kind },
+        };
+        if body.size_hint().lower() > limit as u64 {
+            return Err(body);
+        }
+        let mut frames = VecDeque::new();
+        let mut length = 0;
+        loop {
+            match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => {
+                    let over = match frame.data_ref() {
+                        Some(data) => {
+                            length += data.len();
+                            length > limit
+                        }
+                        None => true,
+                    };
+                    frames.push_back(frame);
+                    if over {
+                        return Err(Self {
+                            kind: Kind::Prefixed(Box::new((frames, body))),
+                        });
+                    }
+                }
+                Some(Err(error)) => {
+                    // Replaying the failure is what the caller would have seen.
+                    let failed = http_body_util::StreamBody::new(futures_util::stream::iter(
+                        frames.into_iter().map(Ok).chain([Err(error)]),
+                    ));
+                    return Err(Self::new(failed));
+                }
+            }
+        }
+        let mut data = bytes::BytesMut::with_capacity(length);
+        for frame in frames {
+            if let Ok(chunk) = frame.into_data() {
+                data.extend_from_slice(&chunk);
+            }
+        }
+        Ok(data.freeze())
+    }
+}
+
 fn try_downcast<T: 'static, K: 'static>(k: K) -> Result<T, K> {
     let mut k = Some(k);
     match <dyn Any>::downcast_mut::<Option<T>>(&mut k) {
@@ -101,6 +164,7 @@ impl fmt::Debug for Body {
             Kind::Full(_) => "full",
             Kind::Incoming(_) => "incoming",
             Kind::Boxed(_) => "boxed",
+            Kind::Prefixed(_) => "prefixed",
         };
         f.debug_tuple("Body").field(&kind).finish()
     }
@@ -157,6 +221,13 @@ impl http_body::Body for Body {
             Kind::Full(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
             Kind::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Error::body),
             Kind::Boxed(boxed) => Pin::new(boxed).poll_frame(cx).map_err(Error::body),
+            Kind::Prefixed(prefixed) => {
+                let (frames, rest) = &mut **prefixed;
+                match frames.pop_front() {
+                    Some(frame) => Poll::Ready(Some(Ok(frame))),
+                    None => Pin::new(rest).poll_frame(cx),
+                }
+            }
         }
     }
 
@@ -166,6 +237,7 @@ impl http_body::Body for Body {
             Kind::Full(data) => data.is_none(),
             Kind::Incoming(incoming) => incoming.is_end_stream(),
             Kind::Boxed(boxed) => boxed.is_end_stream(),
+            Kind::Prefixed(prefixed) => prefixed.0.is_empty() && prefixed.1.is_end_stream(),
         }
     }
 
@@ -175,6 +247,7 @@ impl http_body::Body for Body {
             Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Kind::Incoming(incoming) => incoming.size_hint(),
             Kind::Boxed(boxed) => boxed.size_hint(),
+            Kind::Prefixed(_) => SizeHint::default(),
         }
     }
 }
@@ -196,6 +269,39 @@ mod tests {
 
         assert!(matches!(Body::new(Empty::<Bytes>::new()).kind, Kind::Empty));
         assert!(matches!(Body::new(Body::from("x")).kind, Kind::Full(_)));
+    }
+
+    fn chunks(chunks: &[&'static str]) -> Body {
+        Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+            chunks
+                .iter()
+                .map(|chunk| {
+                    Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(chunk.as_bytes())))
+                })
+                .collect::<Vec<_>>(),
+        )))
+    }
+
+    #[tokio::test]
+    async fn small_bodies_are_buffered_for_replay() {
+        assert_eq!(Body::from("abc").into_replayable(3).await.unwrap(), "abc");
+        assert_eq!(
+            chunks(&["ab", "cd"]).into_replayable(4).await.unwrap(),
+            "abcd"
+        );
+        assert_eq!(Body::empty().into_replayable(0).await.unwrap(), "");
+    }
+
+    #[tokio::test]
+    async fn large_bodies_are_given_back_whole() {
+        let body = Body::from("abcdef").into_replayable(5).await.unwrap_err();
+        assert_eq!(collect(body).await, "abcdef");
+        let body = chunks(&["ab", "cd", "ef"])
+            .into_replayable(3)
+            .await
+            .unwrap_err();
+        assert!(matches!(body.kind, Kind::Prefixed(_)));
+        assert_eq!(collect(body).await, "abcdef");
     }
 
     #[tokio::test]

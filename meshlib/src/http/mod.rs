@@ -2,6 +2,16 @@
 
 mod body;
 mod client;
+mod endpoint;
+
+use std::future::Future;
+use std::pin::Pin;
 
 pub use self::body::Body;
-pub use self::client::{HttpClient, ResponseFuture};
+pub use self::client::HttpClient;
+pub use self::endpoint::ServedBy;
+pub(crate) use self::endpoint::{Attempt, Endpoints};
+
+/// The future of an [`HttpClient`] call, and of every layer inside it.
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<Body>, crate::Error>> + Send>>;

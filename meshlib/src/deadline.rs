@@ -1,0 +1,151 @@
+//! Deadlines that travel with a request from hop to hop.
+//!
+//! A request sent through meshlib carries its remaining time in the `x-mesh-timeout-ms` header,
+//! measured when each attempt leaves. A relative time rather than a clock reading, as gRPC's
+//! `grpc-timeout`, because the hosts' clocks need not agree. A service that serves requests with
+//! [`DeadlineLayer`] makes that deadline the *current* one while its handler runs, and every call
+//! the handler makes through a meshlib client gives up when it passes (or earlier, by its own
+//! timeout): a caller that has given up does not leave work running behind it.
+//!
+//! The current deadline is a tokio task-local: it follows the handler's future, not tasks the
+//! handler spawns (those can re-enter it with [`Deadline::scope`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Request};
+use tokio::time::Instant;
+
+/// The header that carries a request's remaining time, in whole milliseconds.
+pub const TIMEOUT_HEADER: &str = "x-mesh-timeout-ms";
+
+/// The instant by which a request must be answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Deadline(Instant);
+
+tokio::task_local! {
+    static CURRENT: Deadline;
+}
+
+impl Deadline {
+    /// The deadline `timeout` from now.
+    pub fn after(timeout: Duration) -> Self {
+        Self(Instant::now() + timeout)
+    }
+
+    /// The instant itself.
+    pub fn instant(self) -> Instant {
+        self.0
+    }
+
+    /// Time left, zero once passed.
+    pub fn remaining(self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    /// The deadline of the request being served by this task, if it came with one.
+    pub fn current() -> Option<Self> {
+        CURRENT.try_with(|deadline| *deadline).ok()
+    }
+
+    /// Runs `future` with this deadline as the current one.
+    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, future)
+    }
+
+    /// The deadline a request's header announces, if it has a valid one.
+    pub fn from_headers(headers: &http::HeaderMap) -> Option<Self> {
+        let millis: u64 = headers
+            .get(TIMEOUT_HEADER)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(Self::after(Duration::from_millis(millis)))
+    }
+
+    /// Announces the remaining time in `headers`, replacing any earlier value.
+    pub(crate) fn announce(self, headers: &mut http::HeaderMap) {
+        let millis = self.remaining().as_millis() as u64;
+        headers.insert(TIMEOUT_HEADER, HeaderValue::from(millis));
+    }
+}
+
+/// A server layer that honours the deadline announced by the caller: while the wrapped service
+/// handles a request carrying `x-mesh-timeout-ms`, that deadline is [`Deadline::current`], which
+/// every meshlib client call made from the handler respects.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeadlineLayer;
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = DeadlineService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadlineService { inner }
+    }
+}
+
+/// The service made by [`DeadlineLayer`].
+#[derive(Clone, Debug)]
+pub struct DeadlineService<S> {
+    inner: S,
+}
+
+impl<S, B> tower_service::Service<Request<B>> for DeadlineService<S>
+where
+    S: tower_service::Service<Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let deadline = Deadline::from_headers(request.headers());
+        let future = self.inner.call(request);
+        match deadline {
+            Some(deadline) => Box::pin(deadline.scope(future)),
+            None => Box::pin(future),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_header_round_trips_as_remaining_time() {
+        let mut headers = http::HeaderMap::new();
+        Deadline::after(Duration::from_millis(1500)).announce(&mut headers);
+        assert_eq!(headers[TIMEOUT_HEADER], "1500");
+        let deadline = Deadline::from_headers(&headers).unwrap();
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!(deadline.remaining(), Duration::from_millis(1100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn malformed_headers_are_ignored() {
+        for bad in ["soon", "-5", "1.5", ""] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(TIMEOUT_HEADER, HeaderValue::from_static(bad));
+            assert_eq!(Deadline::from_headers(&headers), None, "{bad:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_current_deadline_is_scoped_to_the_handler() {
+        assert_eq!(Deadline::current(), None);
+        let deadline = Deadline::after(Duration::from_secs(2));
+        let seen = deadline.scope(async { Deadline::current() }).await;
+        assert_eq!(seen, Some(deadline));
+        assert_eq!(Deadline::current(), None);
+    }
+}

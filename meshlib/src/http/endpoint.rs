@@ -1,0 +1,197 @@
+//! The innermost layer of the outbound stack: pick an endpoint, send the request to it over a
+//! pooled connection, classify the answer once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::HOST;
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+
+use super::{Body, ResponseFuture};
+use crate::Error;
+use crate::balance::{BalancedEndpoint, Balancer, Unavailable};
+use crate::classify::Classifier;
+use crate::config::{Protocol, ServiceConfig};
+use crate::deadline::Deadline;
+
+/// What the retry layer tells the endpoint layer about one attempt, as a request extension.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Attempt {
+    /// When this attempt must be answered: the request's deadline or its per-try timeout.
+    pub(crate) deadline: Option<Deadline>,
+    /// Endpoints earlier attempts went to; another is preferred when one is ready.
+    pub(crate) avoid: Vec<SocketAddr>,
+}
+
+/// The endpoint that answered, as a response extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServedBy(pub SocketAddr);
+
+/// Sends each request to an endpoint picked by the service's balancer.
+#[derive(Clone)]
+pub(crate) struct Endpoints {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    service: Arc<str>,
+    balancer: Balancer,
+    classifier: Arc<Classifier>,
+    client: Client<HttpConnector, Body>,
+    discovery_timeout: Duration,
+    max_pending: u32,
+    /// Requests waiting for discovery to produce an endpoint.
+    waiting: AtomicU32,
+}
+
+impl Endpoints {
+    pub(crate) fn new(
+        service: &Arc<str>,
+        config: &ServiceConfig,
+        balancer: Balancer,
+        classifier: Arc<Classifier>,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .http2_only(config.protocol == Protocol::Http2)
+            .build(connector);
+        Self {
+            inner: Arc::new(Inner {
+                service: Arc::clone(service),
+                balancer,
+                classifier,
+                client,
+                discovery_timeout: config.discovery_timeout,
+                max_pending: config.limits.max_pending,
+                waiting: AtomicU32::new(0),
+            }),
+        }
+    }
+}
+
+impl tower_service::Service<Request<Body>> for Endpoints {
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // Readiness is decided per request, among the endpoints that are ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> ResponseFuture {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move { inner.send(request).await })
+    }
+}
+
+impl Inner {
+    async fn send(&self, mut request: Request<Body>) -> Result<Response<Body>, Error> {
+        let attempt = request
+            .extensions_mut()
+            .remove::<Attempt>()
+            .unwrap_or_default();
+        let endpoint = self.pick(&attempt).await?;
+
+        let uri = std::mem::take(request.uri_mut());
+        let mut parts = uri.into_parts();
+        if let Some(authority) = parts.authority.take()
+            && !request.headers().contains_key(HOST)
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            request.headers_mut().insert(HOST, host);
+        }
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(endpoint.authority().clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are set");
+        if let Some(deadline) = attempt.deadline {
+            deadline.announce(request.headers_mut());
+        }
+
+        let addr = endpoint.endpoint().addr();
+        let in_flight = endpoint.start();
+        let sent = self.client.request(request);
+        let result = match attempt.deadline {
+            None => sent.await,
+            Some(deadline) => {
+                let allowed = deadline.remaining();
+                match tokio::time::timeout_at(deadline.instant(), sent).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        let error = Error::timeout(&self.service, allowed, Some(addr));
+                        in_flight.finish(self.classifier.error(&error));
+                        return Err(error);
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(response) => {
+                let class = self.classifier.response(&response);
+                in_flight.finish(class);
+                let mut response = response.map(Body::from);
+                response.extensions_mut().insert(class);
+                response.extensions_mut().insert(ServedBy(addr));
+                Ok(response)
+            }
+            Err(error) => {
+                let error = Error::client(error, &self.service, addr);
+                in_flight.finish(self.classifier.error(&error));
+                Err(error)
+            }
+        }
+    }
+
+    async fn pick(&self, attempt: &Attempt) -> Result<Arc<BalancedEndpoint>, Error> {
+        match self.balancer.try_pick(&attempt.avoid) {
+            Ok(endpoint) => Ok(endpoint),
+            Err(Unavailable::NoEndpoints) => self.wait_for_endpoint(attempt).await,
+            Err(unavailable) => Err(self.unavailable(unavailable, Duration::ZERO)),
+        }
+    }
+
+    /// Waits, a bounded number of requests at a time, for discovery to produce an endpoint.
+    async fn wait_for_endpoint(&self, attempt: &Attempt) -> Result<Arc<BalancedEndpoint>, Error> {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::overloaded(
+                &self.service,
+                "max_pending requests are already waiting for an endpoint",
+            ));
+        }
+        let wait = attempt.deadline.map_or(self.discovery_timeout, |deadline| {
+            deadline.remaining().min(self.discovery_timeout)
+        });
+        let started = Instant::now();
+        let picked = self.balancer.ready(wait, &attempt.avoid).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        picked.map_err(|unavailable| self.unavailable(unavailable, started.elapsed()))
+    }
+
+    fn unavailable(&self, unavailable: Unavailable, waited: Duration) -> Error {
+        match unavailable {
+            Unavailable::NoEndpoints => Error::no_endpoints(self.balancer.no_endpoints(waited)),
+            Unavailable::CircuitOpen => Error::circuit_open(&self.service),
+            _ => Error::overloaded(
+                &self.service,
+                "every endpoint is at its max_requests_per_endpoint",
+            ),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Limits that shed load rather than queue it: a request over the service's concurrency or rate
+//! limit fails at once with an error that says which, so the caller can back off or degrade,
+//! instead of waiting in a queue that only grows while the destination is slow.
+//!
+//! The rate limit is a token bucket (GCRA, from the governor crate) per service; the concurrency
+//! limit counts requests from the moment they enter the stack until their response (or error)
+//! comes back, retries included, as Envoy's `max_requests`.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http::{Request, Response};
+
+use crate::Error;
+use crate::config::{LimitsConfig, RateLimitConfig};
+use crate::http::{Body, ResponseFuture};
+
+/// A token-bucket rate limiter, shareable between the client and server sides.
+#[derive(Debug)]
+pub struct RateLimit {
+    limiter: DefaultDirectRateLimiter,
+    per_second: u32,
+}
+
+impl RateLimit {
+    /// A limiter for `config`, or `None` if it allows nothing (a zero rate).
+    pub fn new(config: &RateLimitConfig) -> Option<Self> {
+        let rate = NonZeroU32::new(config.per_second)?;
+        let burst = config.burst.and_then(NonZeroU32::new).unwrap_or(rate);
+        Some(Self {
+            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            per_second: config.per_second,
+        })
+    }
+
+    /// Takes a token if one is there.
+    pub fn try_acquire(&self) -> bool {
+        self.limiter.check().is_ok()
+    }
+
+    /// The sustained rate.
+    pub fn per_second(&self) -> u32 {
+        self.per_second
+    }
+}
+
+/// Adds [`Limit`] to a stack.
+#[derive(Clone)]
+pub(crate) struct LimitLayer {
+    state: Arc<State>,
+}
+
+/// Refuses requests over the service's rate or concurrency limit.
+#[derive(Clone)]
+pub(crate) struct Limit<S> {
+    inner: S,
+    state: Arc<State>,
+}
+
+struct State {
+    service: Arc<str>,
+    max_requests: u32,
+    in_flight: AtomicU32,
+    rate: Option<RateLimit>,
+}
+
+impl LimitLayer {
+    pub(crate) fn new(service: &Arc<str>, config: &LimitsConfig) -> Self {
+        Self {
+            state: Arc::new(State {
+                service: Arc::clone(service),
+                max_requests: config.max_requests,
+                in_flight: AtomicU32::new(0),
+                rate: config.rate_limit.as_ref().and_then(RateLimit::new),
+            }),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for LimitLayer {
+    type Service = Limit<S>;
+
+    fn layer(&self, inner: S) -> Limit<S> {
+        Limit {
+            inner,
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+/// Holds one of the service's concurrency slots.
+struct Slot(Arc<State>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<S> tower_service::Service<Request<Body>> for Limit<S>
+where
+    S: tower_service::Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = Error,
+            Future = ResponseFuture,
+        >,
+{
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> ResponseFuture {
+        let state = &self.state;
+        if let Some(rate) = &state.rate
+            && !rate.try_acquire()
+        {
+            let error = Error::rate_limited(&state.service, rate.per_second());
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        if state.in_flight.fetch_add(1, Ordering::AcqRel) >= state.max_requests {
+            state.in_flight.fetch_sub(1, Ordering::AcqRel);
+            let error = Error::overloaded(&state.service, "max_requests are already in flight");
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        let slot = Slot(Arc::clone(state));
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let result = response.await;
+            drop(slot);
+            result
+        })
+    }
+}

@@ -1,0 +1,85 @@
+//! The overall timeout of a request, retries and backoff included.
+//!
+//! The deadline is the service's `timeout` from now, or the deadline of the request this task is
+//! serving if that is sooner (see [`crate::deadline`]). Inner layers read it from the request's
+//! extensions: the retry layer stops when it has passed, each attempt is cut off at it, and the
+//! endpoint layer announces the time left to the next hop.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+
+use crate::Error;
+use crate::deadline::Deadline;
+use crate::http::{Body, ResponseFuture};
+
+/// Adds [`Timeout`] to a stack.
+#[derive(Clone)]
+pub(crate) struct TimeoutLayer {
+    service: Arc<str>,
+    timeout: Duration,
+}
+
+/// Fails a request that is not answered by its deadline.
+#[derive(Clone)]
+pub(crate) struct Timeout<S> {
+    inner: S,
+    service: Arc<str>,
+    timeout: Duration,
+}
+
+impl TimeoutLayer {
+    pub(crate) fn new(service: &Arc<str>, timeout: Duration) -> Self {
+        Self {
+            service: Arc::clone(service),
+            timeout,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout {
+            inner,
+            service: Arc::clone(&self.service),
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl<S> tower_service::Service<Request<Body>> for Timeout<S>
+where
+    S: tower_service::Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = Error,
+            Future = ResponseFuture,
+        >,
+{
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> ResponseFuture {
+        let own = Deadline::after(self.timeout);
+        let deadline = Deadline::current().map_or(own, |inherited| inherited.min(own));
+        let allowed = deadline.remaining();
+        request.extensions_mut().insert(deadline);
+        let response = self.inner.call(request);
+        let service = Arc::clone(&self.service);
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline.instant(), response).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::timeout(&service, allowed, None)),
+            }
+        })
+    }
+}
