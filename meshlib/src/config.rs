@@ -56,6 +56,8 @@ pub struct ServiceConfig {
     pub timeout: Duration,
     /// When and how failed requests are tried again.
     pub retry: RetryConfig,
+    /// Backup requests for slow answers; off unless configured.
+    pub hedge: Option<HedgeConfig>,
     /// When an endpoint is taken out of rotation for failing.
     pub breaker: BreakerConfig,
     /// Active health checking; off unless configured.
@@ -75,6 +77,7 @@ impl Default for ServiceConfig {
             pool_idle_timeout: Duration::from_secs(90),
             timeout: Duration::from_secs(15),
             retry: RetryConfig::default(),
+            hedge: None,
             breaker: BreakerConfig::default(),
             health: None,
             limits: LimitsConfig::default(),
@@ -192,6 +195,33 @@ fn serialize_retry_budget<S: serde::Serializer>(
     match budget {
         Some(budget) => budget.serialize(serializer),
         None => serializer.serialize_str("unlimited"),
+    }
+}
+
+/// Hedged requests ("The Tail at Scale", Dean and Barroso): when an idempotent request has had no
+/// answer for as long as the service's `percentile` latency, a backup is sent to another endpoint
+/// and the first answer wins. Defaults as in that paper: after the 95th percentile, at most 5%
+/// extra requests.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HedgeConfig {
+    /// The latency percentile after which a backup is sent.
+    pub percentile: f64,
+    /// Backups allowed per 100 requests.
+    pub max_extra_percent: f32,
+    /// Never hedge sooner than this.
+    #[serde(with = "humantime_serde")]
+    pub min_delay: Duration,
+}
+
+impl Default for HedgeConfig {
+    fn default() -> Self {
+        Self {
+            percentile: 95.0,
+            max_extra_percent: 5.0,
+            min_delay: Duration::from_millis(1),
+        }
     }
 }
 
@@ -569,6 +599,20 @@ impl ServiceConfig {
                 return Err(ConfigError::new(
                     at("retry.budget.ttl"),
                     format_args!("{:?} is outside 1 s to 60 s", budget.ttl),
+                ));
+            }
+        }
+        if let Some(hedge) = &self.hedge {
+            if !(hedge.percentile > 0.0 && hedge.percentile < 100.0) {
+                return Err(ConfigError::new(
+                    at("hedge.percentile"),
+                    format_args!("{} is not between 0 and 100", hedge.percentile),
+                ));
+            }
+            if !(0.0..=100.0).contains(&hedge.max_extra_percent) {
+                return Err(ConfigError::new(
+                    at("hedge.max_extra_percent"),
+                    format_args!("{} is not between 0 and 100", hedge.max_extra_percent),
                 ));
             }
         }

@@ -34,6 +34,7 @@ pub mod deadline;
 pub mod discovery;
 mod error;
 pub mod health;
+mod hedge;
 pub mod http;
 pub mod limit;
 mod mesh;

@@ -10,13 +10,14 @@ use crate::classify::Classifier;
 use crate::config::ServiceConfig;
 use crate::discovery::Changes;
 use crate::health;
+use crate::hedge::{Hedge, HedgeLayer};
 use crate::http::{Endpoints, HttpClient};
 use crate::limit::{Limit, LimitLayer};
 use crate::retry::{Retry, RetryLayer};
 use crate::timeout::{Timeout, TimeoutLayer};
 
 /// The layers of an [`HttpClient`], outermost first.
-pub(crate) type Stack = Limit<Timeout<Retry<Endpoints>>>;
+pub(crate) type Stack = Limit<Timeout<Retry<Hedge<Endpoints>>>>;
 
 /// The HTTP client stack for `service`, outermost layer first:
 ///
@@ -25,7 +26,8 @@ pub(crate) type Stack = Limit<Timeout<Retry<Endpoints>>>;
 ///    served has a deadline) and fail the request when it passes;
 /// 3. retry: try again what the classifier calls retryable, when safe, under the retry budget,
 ///    with jittered backoff, each attempt cut off by the per-try timeout;
-/// 4. endpoints: pick an endpoint among those ready (discovered, healthy, breaker closed, under
+/// 4. hedge (if configured): send a backup of a slow idempotent attempt, under its own budget;
+/// 5. endpoints: pick an endpoint among those ready (discovered, healthy, breaker closed, under
 ///    their own limit), send the request over a pooled connection announcing the time left,
 ///    classify the answer once and feed that class to the endpoint's load and breaker.
 pub(crate) fn http(service: &str, config: &ServiceConfig, changes: Changes) -> HttpClient {
@@ -51,6 +53,7 @@ pub(crate) fn http(service: &str, config: &ServiceConfig, changes: Changes) -> H
             &config.retry,
             Arc::clone(&classifier),
         ))
+        .layer(HedgeLayer::new(&service, config.hedge.as_ref()))
         .service(Endpoints::new(
             &service,
             config,

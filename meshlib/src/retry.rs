@@ -233,7 +233,7 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-fn clone_request(parts: &http::request::Parts, body: Body) -> Request<Body> {
+pub(crate) fn clone_request(parts: &http::request::Parts, body: Body) -> Request<Body> {
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();

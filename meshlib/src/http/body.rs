@@ -85,6 +85,17 @@ impl Body {
 }
 
 impl Body {
+    /// A copy of a body held in memory; `None` for one that streams.
+    pub(crate) fn try_clone(&self) -> Option<Body> {
+        match &self.kind {
+            Kind::Empty => Some(Self::empty()),
+            Kind::Full(data) => Some(Self {
+                kind: Kind::Full(data.clone()),
+            }),
+            _ => None,
+        }
+    }
+
     /// Reads the whole body into memory if it is at most `limit` bytes and has no trailers, so
     /// that it can be sent again. Otherwise gives back a body that yields exactly what this one
     /// would have.
