@@ -16,7 +16,10 @@ pub async fn get(client: &mut HttpClient, path: &str) -> Result<String, String> 
     let request = Request::get(path)
         .body(Body::empty())
         .expect("valid request");
-    let response = client.call(request).await.map_err(|error| error.to_string())?;
+    let response = client
+        .call(request)
+        .await
+        .map_err(|error| error.to_string())?;
     let status = response.status();
     let server = response
         .headers()

@@ -34,6 +34,7 @@ struct State {
     status: AtomicU16,
     delay: Mutex<Duration>,
     hits: AtomicU64,
+    accepted: AtomicU64,
 }
 
 impl TestServer {
@@ -47,6 +48,7 @@ impl TestServer {
             status: AtomicU16::new(200),
             delay: Mutex::new(Duration::ZERO),
             hits: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
         });
         let addr = listener.local_addr().expect("local address");
         let accept = tokio::spawn(serve(listener, Arc::clone(&state)));
@@ -70,6 +72,11 @@ impl TestServer {
     /// Requests received so far.
     pub fn hits(&self) -> u64 {
         self.state.hits.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.accepted.load(Ordering::Relaxed)
     }
 
     /// Answers every later request with `status`.
@@ -124,6 +131,7 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
             },
             Some(_) = connections.join_next() => continue,
         };
+        state.accepted.fetch_add(1, Ordering::Relaxed);
         let state = Arc::clone(&state);
         connections.spawn(async move {
             let service = service_fn(move |request| respond(Arc::clone(&state), request));
@@ -156,6 +164,7 @@ async fn respond(
         .header(SERVER_HEADER, &state.name)
         .header("x-seen-host", host)
         .header("x-seen-path", request.uri().path())
+        .header("x-seen-version", format!("{:?}", request.version()))
         .body(Full::new(Bytes::from(state.name.clone())))
         .expect("valid response");
     Ok(response)
