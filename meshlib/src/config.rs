@@ -26,6 +26,30 @@ pub struct MeshConfig {
     /// Destination services by name, the name given to `Mesh::http_client`.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
+    /// Services this process serves, by name, the name given to `Mesh::server`.
+    #[serde(default)]
+    pub servers: BTreeMap<String, ServerConfig>,
+}
+
+/// How this process serves one of its own services: the inbound stack around the application.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Bounds on what the server accepts: `max_requests` in flight (over it, 503 at once) and a
+    /// `rate_limit` (over it, 429 at once). Neither by default.
+    pub limits: ServerLimitsConfig,
+}
+
+/// Load the inbound stack sheds before it reaches the application.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServerLimitsConfig {
+    /// Requests handled at once; none by default.
+    pub max_requests: Option<u32>,
+    /// A token-bucket rate limit on requests; none by default.
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// How one destination service is discovered, connected to and balanced.
@@ -746,6 +770,27 @@ impl MeshConfig {
 
     /// Checks every value that parsing alone cannot, naming the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, server) in &self.servers {
+            let limits = &server.limits;
+            for (key, value) in [
+                ("limits.max_requests", limits.max_requests),
+                (
+                    "limits.rate_limit.per_second",
+                    limits.rate_limit.as_ref().map(|r| r.per_second),
+                ),
+                (
+                    "limits.rate_limit.burst",
+                    limits.rate_limit.as_ref().and_then(|r| r.burst),
+                ),
+            ] {
+                if value == Some(0) {
+                    return Err(ConfigError::new(
+                        format!("servers.{name}.{key}"),
+                        "0 would refuse every request",
+                    ));
+                }
+            }
+        }
         for (name, service) in &self.services {
             let at = |key: &str| format!("services.{name}.{key}");
             if name.is_empty() {

@@ -128,6 +128,19 @@ impl Mesh {
         Ok(client)
     }
 
+    /// The inbound [`Server`](crate::inbound::Server) for `name`, one of this process's own
+    /// services, configured by `[servers.<name>]` (defaults when the configuration has none).
+    pub fn server(&self, name: &str) -> crate::inbound::Server {
+        let config = self
+            .inner
+            .config
+            .servers
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
+        crate::inbound::Server::new(name, config)
+    }
+
     fn resolver(&self, service: &str, config: &ServiceConfig) -> Result<Arc<dyn Resolver>, Error> {
         if let Some(resolver) = self.inner.resolvers.get(service) {
             return Ok(Arc::clone(resolver));
