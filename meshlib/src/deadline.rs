@@ -108,12 +108,13 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let deadline = Deadline::from_headers(request.headers());
-        let future = self.inner.call(request);
-        match deadline {
-            Some(deadline) => Box::pin(deadline.scope(future)),
-            None => Box::pin(future),
-        }
+        let Some(deadline) = Deadline::from_headers(request.headers()) else {
+            return Box::pin(self.inner.call(request));
+        };
+        // Current during `call` too, not only while the future runs: a service that forwards the
+        // request starts its client call right here, and the client reads the deadline then.
+        let future = CURRENT.sync_scope(deadline, || self.inner.call(request));
+        Box::pin(deadline.scope(future))
     }
 }
 
@@ -138,6 +139,45 @@ mod tests {
             headers.insert(TIMEOUT_HEADER, HeaderValue::from_static(bad));
             assert_eq!(Deadline::from_headers(&headers), None, "{bad:?}");
         }
+    }
+
+    /// Records the current deadline when called and when its future runs.
+    #[derive(Clone, Default)]
+    struct Witness(std::sync::Arc<std::sync::Mutex<Vec<Option<Deadline>>>>);
+
+    impl tower_service::Service<Request<()>> for Witness {
+        type Response = ();
+        type Error = std::convert::Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<(), Self::Error>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<()>) -> Self::Future {
+            self.0.lock().unwrap().push(Deadline::current());
+            let seen = self.0.clone();
+            Box::pin(async move {
+                seen.lock().unwrap().push(Deadline::current());
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_announced_deadline_is_current_in_call_and_in_its_future() {
+        use tower::Layer as _;
+        use tower_service::Service as _;
+
+        let witness = Witness::default();
+        let mut service = DeadlineLayer.layer(witness.clone());
+        let request = Request::get("/")
+            .header(TIMEOUT_HEADER, "1500")
+            .body(())
+            .unwrap();
+        service.call(request).await.unwrap();
+        let expected = Some(Deadline::after(Duration::from_millis(1500)));
+        assert_eq!(*witness.0.lock().unwrap(), [expected, expected]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,7 +3,8 @@
 //! The deadline is the service's `timeout` from now, or the deadline of the request this task is
 //! serving if that is sooner (see [`crate::deadline`]). Inner layers read it from the request's
 //! extensions: the retry layer stops when it has passed, each attempt is cut off at it, and the
-//! endpoint layer announces the time left to the next hop.
+//! endpoint layer announces the time left to the next hop. A request whose deadline has passed
+//! before it starts fails at once, without reaching an endpoint.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -72,6 +73,13 @@ where
         let own = Deadline::after(self.timeout);
         let deadline = Deadline::current().map_or(own, |inherited| inherited.min(own));
         let allowed = deadline.remaining();
+        if allowed.is_zero() {
+            // The request being served is already out of time (it came with little left and
+            // the handler used it up). Sending would be work nobody waits for, and the
+            // attempt's timeout would count against an endpoint that did nothing wrong.
+            let error = Error::timeout(&self.service, allowed, None);
+            return Box::pin(std::future::ready(Err(error)));
+        }
         request.extensions_mut().insert(deadline);
         let response = self.inner.call(request);
         let service = Arc::clone(&self.service);

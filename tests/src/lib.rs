@@ -1,10 +1,14 @@
 //! Helpers for meshlib's integration tests: real servers on loopback that a test scripts while
 //! requests flow through the mesh.
 
+pub mod app;
 pub mod dns;
 pub mod server;
 
-pub use server::{SERVER_HEADER, TestServer};
+pub use app::AppServer;
+pub use server::{HEALTH_PATH, Received, SERVER_HEADER, TestServer};
+
+use std::net::SocketAddr;
 
 use http::Request;
 use meshlib::{Body, HttpClient};
@@ -32,6 +36,24 @@ pub async fn get(client: &mut HttpClient, path: &str) -> Result<String, String> 
     } else {
         Err(format!("{server} answered {status}"))
     }
+}
+
+/// The TOML table of a service named `service` whose endpoints are the static list `endpoints`,
+/// followed by `settings`: more keys of the same table, one per line, such as
+/// `timeout = "2s"` or `retry = { max_attempts = 4 }`.
+pub fn service_toml(
+    service: &str,
+    endpoints: impl IntoIterator<Item = SocketAddr>,
+    settings: &str,
+) -> String {
+    let endpoints: Vec<String> = endpoints
+        .into_iter()
+        .map(|addr| format!("\"{addr}\""))
+        .collect();
+    format!(
+        "[services.{service}]\ndiscovery = {{ kind = \"static\", endpoints = [{}] }}\n{settings}\n",
+        endpoints.join(", ")
+    )
 }
 
 /// Logs to the test's output when `RUST_LOG` asks for it.

@@ -1,5 +1,6 @@
 //! A real HTTP server on loopback whose behaviour a test scripts while it runs.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -7,17 +8,24 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// The header in which a [`TestServer`] names itself on every response.
 pub const SERVER_HEADER: &str = "x-test-server";
+
+/// The path on which a [`TestServer`] answers health checks, apart from the requests it serves:
+/// at once, with the status of [`TestServer::set_health_status`] (200 until told otherwise),
+/// whatever the status, delay or script of the other requests. Counted by
+/// [`TestServer::health_hits`], not [`TestServer::hits`].
+pub const HEALTH_PATH: &str = "/health";
 
 /// An HTTP/1.1 and HTTP/2 (prior knowledge) server on 127.0.0.1 that answers every request with
 /// its name, after a delay and with a status that the test can change at any time.
@@ -35,6 +43,45 @@ struct State {
     delay: Mutex<Duration>,
     hits: AtomicU64,
     accepted: AtomicU64,
+    /// The status of health checks on [`HEALTH_PATH`], and how many have arrived.
+    health_status: AtomicU16,
+    health_hits: AtomicU64,
+    /// Statuses for the next requests, in order of arrival, before `status` applies again.
+    script: Mutex<VecDeque<u16>>,
+    /// Headers added to every response.
+    headers: Mutex<Vec<(HeaderName, HeaderValue)>>,
+    /// The requests received since [`TestServer::record`]; `None` until then.
+    received: Mutex<Option<Vec<Received>>>,
+}
+
+/// One request as a [`TestServer`] received it (see [`TestServer::record`]).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Received {
+    /// When its head arrived, on tokio's clock, before the server's delay.
+    pub at: Instant,
+    /// Its method.
+    pub method: Method,
+    /// Its path and query.
+    pub path: String,
+    /// Its headers, as they arrived.
+    pub headers: HeaderMap,
+    /// Its whole body; empty if the body failed before its end (the caller gave up).
+    pub body: Bytes,
+}
+
+impl Received {
+    /// The remaining time the request announced in `x-mesh-timeout-ms`, if it had a number there.
+    pub fn announced_timeout(&self) -> Option<Duration> {
+        let millis = self
+            .headers
+            .get(meshlib::deadline::TIMEOUT_HEADER)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?;
+        Some(Duration::from_millis(millis))
+    }
 }
 
 impl TestServer {
@@ -49,6 +96,11 @@ impl TestServer {
             delay: Mutex::new(Duration::ZERO),
             hits: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            health_status: AtomicU16::new(200),
+            health_hits: AtomicU64::new(0),
+            script: Mutex::default(),
+            headers: Mutex::default(),
+            received: Mutex::default(),
         });
         let addr = listener.local_addr().expect("local address");
         let accept = tokio::spawn(serve(listener, Arc::clone(&state)));
@@ -69,7 +121,7 @@ impl TestServer {
         &self.state.name
     }
 
-    /// Requests received so far.
+    /// Requests received so far, health checks on [`HEALTH_PATH`] aside.
     pub fn hits(&self) -> u64 {
         self.state.hits.load(Ordering::Relaxed)
     }
@@ -91,6 +143,49 @@ impl TestServer {
             .delay
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = delay;
+    }
+
+    /// Health checks on [`HEALTH_PATH`] received so far.
+    pub fn health_hits(&self) -> u64 {
+        self.state.health_hits.load(Ordering::Relaxed)
+    }
+
+    /// Answers later health checks on [`HEALTH_PATH`] with `status`, leaving other requests as
+    /// they are: a server that reports itself unhealthy while still serving, or the reverse.
+    pub fn set_health_status(&self, status: u16) {
+        self.state.health_status.store(status, Ordering::Relaxed);
+    }
+
+    /// Answers the next requests, one each in order of arrival, with `statuses`; then the status
+    /// of [`TestServer::set_status`] applies again. Adds to what is still scripted.
+    ///
+    /// `script_statuses([503, 503])` makes a server that fails twice and then recovers.
+    pub fn script_statuses(&self, statuses: impl IntoIterator<Item = u16>) {
+        lock(&self.state.script).extend(statuses);
+    }
+
+    /// Adds the header `name: value` to every later response (such as `retry-after: 1`).
+    ///
+    /// # Panics
+    ///
+    /// If `name` or `value` is not valid in an HTTP header: a mistake in the test.
+    pub fn set_header(&self, name: &str, value: &str) {
+        let name = HeaderName::try_from(name).expect("a valid header name");
+        let value = HeaderValue::try_from(value).expect("a valid header value");
+        lock(&self.state.headers).push((name, value));
+    }
+
+    /// Keeps a copy of every later request, body included, for [`TestServer::received`]; the
+    /// server then reads each body whole before its delay and its answer.
+    ///
+    /// Off until called, so that load tests and benchmarks do not accumulate every request.
+    pub fn record(&self) {
+        lock(&self.state.received).get_or_insert_with(Vec::new);
+    }
+
+    /// The requests received since [`TestServer::record`], in the order their bodies ended.
+    pub fn received(&self) -> Vec<Received> {
+        lock(&self.state.received).clone().unwrap_or_default()
     }
 
     /// Stops listening and closes every open connection, as a crashed process would.
@@ -142,24 +237,37 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 async fn respond(
     state: Arc<State>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.uri().path() == HEALTH_PATH {
+        return Ok(health_check(&state));
+    }
+    let arrived = Instant::now();
     state.hits.fetch_add(1, Ordering::Relaxed);
+    // A scripted status is taken on arrival, so that the script follows the order of requests
+    // rather than the order in which their delays end.
+    let scripted = lock(&state.script).pop_front();
+    let request = record(&state, arrived, request).await;
     let delay = *state.delay.lock().unwrap_or_else(PoisonError::into_inner);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let status = StatusCode::from_u16(state.status.load(Ordering::Relaxed))
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(scripted.unwrap_or_else(|| state.status.load(Ordering::Relaxed)))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let host = request
         .headers()
         .get(http::header::HOST)
         .and_then(|host| host.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let response = Response::builder()
+    let mut response = Response::builder()
         .status(status)
         .header(SERVER_HEADER, &state.name)
         .header("x-seen-host", host)
@@ -167,5 +275,52 @@ async fn respond(
         .header("x-seen-version", format!("{:?}", request.version()))
         .body(Full::new(Bytes::from(state.name.clone())))
         .expect("valid response");
+    for (name, value) in lock(&state.headers).iter() {
+        response.headers_mut().append(name.clone(), value.clone());
+    }
     Ok(response)
+}
+
+fn health_check(state: &State) -> Response<Full<Bytes>> {
+    state.health_hits.fetch_add(1, Ordering::Relaxed);
+    let status = StatusCode::from_u16(state.health_status.load(Ordering::Relaxed))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Response::builder()
+        .status(status)
+        .header(SERVER_HEADER, &state.name)
+        .body(Full::new(Bytes::new()))
+        .expect("valid response")
+}
+
+/// Reads the body and keeps a copy of the request if the server is recording. Gives back the
+/// request, with its body still unread when not recording, so that it lives as long as it did
+/// before recording existed.
+async fn record(
+    state: &State,
+    arrived: Instant,
+    request: Request<Incoming>,
+) -> Request<Option<Incoming>> {
+    let (parts, body) = request.into_parts();
+    if lock(&state.received).is_none() {
+        return Request::from_parts(parts, Some(body));
+    }
+    let body = body
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .unwrap_or_default();
+    let received = Received {
+        at: arrived,
+        method: parts.method.clone(),
+        path: parts.uri.path_and_query().map_or_else(
+            || parts.uri.path().to_owned(),
+            |path| path.as_str().to_owned(),
+        ),
+        headers: parts.headers.clone(),
+        body,
+    };
+    if let Some(list) = lock(&state.received).as_mut() {
+        list.push(received);
+    }
+    Request::from_parts(parts, None)
 }
