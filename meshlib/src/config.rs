@@ -17,6 +17,10 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::discovery::{Endpoint, RecordKind};
+pub use crate::route::config::{
+    FaultConfig, HashKey, HeaderTransform, HeaderTransforms, MirrorConfig, PathMatch, RouteConfig,
+    RouteMatch, RouteRetryConfig, SplitConfig, ValueMatch,
+};
 
 /// Everything the mesh knows about the services this process calls.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -26,6 +30,10 @@ pub struct MeshConfig {
     /// Destination services by name, the name given to `Mesh::http_client`.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
+    /// The zone this process runs in, for locality-aware routing: endpoints labelled with the
+    /// same `zone` are preferred. None by default.
+    #[serde(default)]
+    pub zone: Option<String>,
     /// Services this process serves, by name, the name given to `Mesh::server`.
     #[serde(default)]
     pub servers: BTreeMap<String, ServerConfig>,
@@ -88,6 +96,32 @@ pub struct ServiceConfig {
     pub health: Option<HealthCheckConfig>,
     /// Bounds on concurrency and rate.
     pub limits: LimitsConfig,
+    /// The route table, tried in order; see [`RouteConfig`].
+    pub routes: Vec<RouteConfig>,
+    /// The key for consistent hashing with `balancer = "ring-hash"`, unless a route gives one.
+    pub hash: Option<HashKey>,
+    /// Preference for endpoints in the caller's zone.
+    pub locality: LocalityConfig,
+}
+
+/// Zone-aware routing: when the mesh knows its `zone`, requests go to endpoints labelled with the
+/// same zone while enough of them are in rotation, and spill over to all zones when too few are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LocalityConfig {
+    /// Prefer the local zone only while at least this share of its endpoints is in rotation.
+    /// Default 70, close to Envoy's 1.4 overprovisioning factor (1 / 1.4 ≈ 71%); 0 to always
+    /// prefer it while it has any; over 100 turns locality off.
+    pub min_local_percent: u8,
+}
+
+impl Default for LocalityConfig {
+    fn default() -> Self {
+        Self {
+            min_local_percent: 70,
+        }
+    }
 }
 
 impl Default for ServiceConfig {
@@ -105,6 +139,9 @@ impl Default for ServiceConfig {
             breaker: BreakerConfig::default(),
             health: None,
             limits: LimitsConfig::default(),
+            routes: Vec::new(),
+            hash: None,
+            locality: LocalityConfig::default(),
         }
     }
 }
@@ -391,6 +428,10 @@ pub enum BalancerPolicy {
     RoundRobin,
     /// Power of two choices by in-flight requests, as Envoy's `LEAST_REQUEST`.
     LeastRequest,
+    /// Consistent hashing of the request's hash key on a ring (Karger et al., as Envoy's
+    /// `RING_HASH`): a key sticks to one endpoint, and when endpoints come and go only about
+    /// 1/N of the keys move. Requests without a key are balanced as by `p2c`.
+    RingHash,
 }
 
 /// The HTTP version used on connections to a service's endpoints.
@@ -814,6 +855,12 @@ impl MeshConfig {
                 }
             }
             service.validate_policies(&at)?;
+            for (i, route) in service.routes.iter().enumerate() {
+                let route_at = |key: &str| format!("services.{name}.routes[{i}].{key}");
+                crate::route::config::validate_route(route, &route_at, &|service| {
+                    self.services.contains_key(service)
+                })?;
+            }
             match &service.discovery {
                 None => {}
                 Some(DiscoveryConfig::Static { endpoints }) => {

@@ -41,7 +41,9 @@ pub mod limit;
 mod mesh;
 mod outbound;
 mod retry;
+pub mod route;
 mod timeout;
+mod watch;
 
 pub use self::config::MeshConfig;
 pub use self::error::Error;

@@ -1,7 +1,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use arc_swap::ArcSwap;
 
 use crate::config::{ConfigError, DiscoveryConfig, MeshConfig, ServiceConfig};
 use crate::discovery::{DnsResolver, FileRegistry, Resolver, StaticResolver};
@@ -18,16 +20,53 @@ pub struct Mesh {
 }
 
 struct Inner {
-    config: MeshConfig,
+    config: ArcSwap<MeshConfig>,
     resolvers: HashMap<String, Arc<dyn Resolver>>,
     registries: Mutex<HashMap<PathBuf, FileRegistry>>,
+    /// Every client handed out, by service; also what a reload reconfigures.
     clients: Mutex<HashMap<String, HttpClient>>,
+    /// The task following the configuration file, if the mesh was built to follow one.
+    watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(watcher) = self
+            .watcher
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            watcher.abort();
+        }
+    }
+}
+
+/// A handle on the mesh that does not keep it alive, for parts of it that need other clients
+/// (a route's mirror).
+#[derive(Clone)]
+pub(crate) struct MeshHandle(Weak<Inner>);
+
+impl MeshHandle {
+    /// The client for `service`, if the mesh is still there and knows the service.
+    pub(crate) fn http_client(&self, service: &str) -> Option<HttpClient> {
+        let mesh = Mesh {
+            inner: self.0.upgrade()?,
+        };
+        match mesh.http_client(service) {
+            Ok(client) => Some(client),
+            Err(error) => {
+                tracing::warn!(service, %error, "no client for a mirrored service");
+                None
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Mesh {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mesh")
-            .field("services", &self.inner.config.services.keys())
+            .field("services", &self.inner.config.load().services.keys())
             .finish_non_exhaustive()
     }
 }
@@ -60,24 +99,31 @@ impl MeshBuilder {
 
     /// Validates the configuration and builds the mesh.
     pub fn build(self) -> Result<Mesh, Error> {
-        self.config.validate().map_err(Error::config)?;
-        for (name, service) in &self.config.services {
-            if service.discovery.is_none() && !self.resolvers.contains_key(name) {
-                return Err(Error::config(ConfigError::new(
-                    format!("services.{name}.discovery"),
-                    "is missing, and no resolver was given for this service in code",
-                )));
-            }
-        }
+        check(&self.config, &self.resolvers)?;
         Ok(Mesh {
             inner: Arc::new(Inner {
-                config: self.config,
+                config: ArcSwap::from_pointee(self.config),
                 resolvers: self.resolvers,
                 registries: Mutex::default(),
                 clients: Mutex::default(),
+                watcher: Mutex::default(),
             }),
         })
     }
+}
+
+/// Validation, plus what only the mesh can check: that every service can be discovered.
+fn check(config: &MeshConfig, resolvers: &HashMap<String, Arc<dyn Resolver>>) -> Result<(), Error> {
+    config.validate().map_err(Error::config)?;
+    for (name, service) in &config.services {
+        if service.discovery.is_none() && !resolvers.contains_key(name) {
+            return Err(Error::config(ConfigError::new(
+                format!("services.{name}.discovery"),
+                "is missing, and no resolver was given for this service in code",
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Mesh {
@@ -99,9 +145,64 @@ impl Mesh {
         Self::new(MeshConfig::from_file(path).map_err(Error::config)?)
     }
 
-    /// The configuration the mesh runs with.
-    pub fn config(&self) -> &MeshConfig {
-        &self.inner.config
+    /// A mesh from a configuration file that it then follows: each valid edit applies to new
+    /// requests at once while requests in flight finish under the old one; an invalid edit is
+    /// logged and ignored, and the last good configuration stays.
+    ///
+    /// Must be called from within a tokio runtime. The file is followed until the mesh and
+    /// every clone of it are dropped.
+    pub fn from_file_watched(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref().to_path_buf();
+        let mesh = Self::from_file(&path)?;
+        let handle = MeshHandle(Arc::downgrade(&mesh.inner));
+        let watcher = tokio::spawn(follow(path, handle));
+        *mesh
+            .inner
+            .watcher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(watcher);
+        Ok(mesh)
+    }
+
+    /// The configuration the mesh runs with now.
+    pub fn config(&self) -> Arc<MeshConfig> {
+        self.inner.config.load_full()
+    }
+
+    /// Replaces the configuration. It is validated first and, if invalid, refused whole with
+    /// the error; otherwise new requests use it at once, requests in flight finish under the old
+    /// one, and each service keeps its endpoints, load estimates and connections unless the
+    /// settings they depend on changed.
+    pub fn reload(&self, config: MeshConfig) -> Result<(), Error> {
+        check(&config, &self.inner.resolvers)?;
+        let clients = self
+            .inner
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = self.inner.config.load_full();
+        let mut changed = Vec::new();
+        for (name, client) in clients.iter() {
+            let Some(service) = config.services.get(name) else {
+                // A client already handed out keeps working with its last configuration.
+                continue;
+            };
+            if old.services.get(name) == Some(service) && old.zone == config.zone {
+                continue;
+            }
+            client.reconfigure(service, config.zone.as_deref(), self.handle(), || {
+                self.resolver(name, service)
+                    .map(|resolver| resolver.resolve(name))
+            })?;
+            changed.push(name.as_str());
+        }
+        self.inner.config.store(Arc::new(config));
+        tracing::info!(services = ?changed, "configuration reloaded");
+        Ok(())
+    }
+
+    fn handle(&self) -> MeshHandle {
+        MeshHandle(Arc::downgrade(&self.inner))
     }
 
     /// The HTTP client for `service`, created on first use.
@@ -116,14 +217,19 @@ impl Mesh {
         if let Some(client) = clients.get(service) {
             return Ok(client.clone());
         }
-        let config = self
-            .inner
-            .config
+        let mesh = self.inner.config.load();
+        let config = mesh
             .services
             .get(service)
             .ok_or_else(|| Error::unknown_service(service))?;
         let changes = self.resolver(service, config)?.resolve(service);
-        let client = outbound::http(service, config, changes);
+        let client = outbound::http(
+            service,
+            config,
+            mesh.zone.as_deref(),
+            changes,
+            self.handle(),
+        );
         clients.insert(service.to_owned(), client.clone());
         Ok(client)
     }
@@ -134,6 +240,7 @@ impl Mesh {
         let config = self
             .inner
             .config
+            .load()
             .servers
             .get(name)
             .cloned()
@@ -189,5 +296,35 @@ impl Mesh {
             None => unreachable!("build() checks that every service has discovery"),
         };
         Ok(resolver)
+    }
+}
+
+/// Follows the configuration file at `path`, reloading the mesh on each valid edit.
+async fn follow(path: PathBuf, mesh: MeshHandle) {
+    let mut watch = crate::watch::FileWatch::new(path.clone());
+    // The first report comes at once, for the file the mesh was just built from.
+    watch.changed().await;
+    loop {
+        watch.changed().await;
+        let Some(inner) = mesh.0.upgrade() else {
+            return;
+        };
+        let mesh = Mesh { inner };
+        let read = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || MeshConfig::from_file(path)).await
+        };
+        let Ok(read) = read else { return };
+        match read {
+            Ok(config) if *mesh.config() == config => {}
+            Ok(config) => {
+                if let Err(error) = mesh.reload(config) {
+                    tracing::error!(path = %path.display(), %error, "configuration edit refused; keeping the last good one");
+                }
+            }
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "configuration edit refused; keeping the last good one");
+            }
+        }
     }
 }

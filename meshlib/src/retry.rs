@@ -31,6 +31,7 @@ use crate::classify::{Class, Classifier};
 use crate::config::RetryConfig;
 use crate::deadline::Deadline;
 use crate::http::{Attempt, Body, ResponseFuture, ServedBy};
+use crate::route::Routed;
 
 /// Adds [`Retry`] to a stack.
 #[derive(Clone)]
@@ -141,9 +142,18 @@ impl Policy {
             budget.deposit();
         }
         let deadline = request.extensions().get::<Deadline>().copied();
-        let idempotent = self.non_idempotent || is_idempotent(request.method());
+        // A route may override the service's attempts, per-try timeout and method rule.
+        let route = request
+            .extensions()
+            .get::<Routed>()
+            .and_then(|routed| routed.route.retry.clone())
+            .unwrap_or_default();
+        let max_attempts = route.max_attempts.unwrap_or(self.max_attempts);
+        let per_try_timeout = route.per_try_timeout.or(self.per_try_timeout);
+        let non_idempotent = route.non_idempotent.unwrap_or(self.non_idempotent);
+        let idempotent = non_idempotent || is_idempotent(request.method());
         let (parts, body) = request.into_parts();
-        let body = match self.max_attempts {
+        let body = match max_attempts {
             1 => Err(body),
             _ => body.into_replayable(self.max_replay_bytes).await,
         };
@@ -151,7 +161,7 @@ impl Policy {
             Ok(body) => body,
             // Too large to send twice: one attempt, whatever happens.
             Err(body) => {
-                let attempt = self.attempt(deadline, Vec::new());
+                let attempt = attempt(deadline, per_try_timeout, Vec::new());
                 let mut request = Request::from_parts(parts, body);
                 request.extensions_mut().insert(attempt);
                 return inner.call(request).await;
@@ -165,7 +175,7 @@ impl Policy {
             let mut request = clone_request(&parts, Body::from(body.clone()));
             request
                 .extensions_mut()
-                .insert(self.attempt(deadline, avoid.clone()));
+                .insert(attempt(deadline, per_try_timeout, avoid.clone()));
             let result = inner.call(request).await;
 
             let (class, served_by) = match &result {
@@ -182,7 +192,7 @@ impl Policy {
                 ),
                 Err(error) => (self.classifier.error(error), error.endpoint()),
             };
-            if !class.is_retryable() || attempts >= self.max_attempts {
+            if !class.is_retryable() || attempts >= max_attempts {
                 return result;
             }
             // A connection that was never made carried nothing: safe to retry whatever the method.
@@ -213,17 +223,21 @@ impl Policy {
             attempts += 1;
         }
     }
+}
 
-    /// What one attempt is told: its deadline (the request's, or sooner by the per-try timeout)
-    /// and the endpoints to avoid.
-    fn attempt(&self, deadline: Option<Deadline>, avoid: Vec<std::net::SocketAddr>) -> Attempt {
-        let per_try = self.per_try_timeout.map(Deadline::after);
-        let deadline = match (deadline, per_try) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        Attempt { deadline, avoid }
-    }
+/// What one attempt is told: its deadline (the request's, or sooner by the per-try timeout) and
+/// the endpoints to avoid.
+fn attempt(
+    deadline: Option<Deadline>,
+    per_try_timeout: Option<Duration>,
+    avoid: Vec<std::net::SocketAddr>,
+) -> Attempt {
+    let per_try = per_try_timeout.map(Deadline::after);
+    let deadline = match (deadline, per_try) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Attempt { deadline, avoid }
 }
 
 fn is_idempotent(method: &Method) -> bool {

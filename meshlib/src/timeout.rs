@@ -15,6 +15,7 @@ use http::{Request, Response};
 use crate::Error;
 use crate::deadline::Deadline;
 use crate::http::{Body, ResponseFuture};
+use crate::route::Routed;
 
 /// Adds [`Timeout`] to a stack.
 #[derive(Clone)]
@@ -70,7 +71,12 @@ where
     }
 
     fn call(&mut self, mut request: Request<Body>) -> ResponseFuture {
-        let own = Deadline::after(self.timeout);
+        let timeout = request
+            .extensions()
+            .get::<Routed>()
+            .and_then(|routed| routed.route.timeout)
+            .unwrap_or(self.timeout);
+        let own = Deadline::after(timeout);
         let deadline = Deadline::current().map_or(own, |inherited| inherited.min(own));
         let allowed = deadline.remaining();
         if allowed.is_zero() {

@@ -119,6 +119,15 @@ impl Load {
             .max(MIN_SUCCESS);
     }
 
+    /// Forgets the failures in the success estimate, when the circuit breaker has ejected the
+    /// endpoint for them and its probe, not this estimate, decides when it returns.
+    pub(crate) fn forget_failures(&self) {
+        self.estimate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .success = 1.0;
+    }
+
     /// The current latency and success estimates, for `/endpoints`-style reporting.
     pub(crate) fn snapshot(&self, now: Instant) -> (Duration, f64) {
         let mut estimate = self.estimate.lock().unwrap_or_else(PoisonError::into_inner);

@@ -25,7 +25,7 @@
 
 mod load;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -56,7 +56,12 @@ pub struct Balancer {
 struct Shared {
     policy: BalancerPolicy,
     load: LoadConfig,
-    table: ArcSwap<Vec<Arc<BalancedEndpoint>>>,
+    table: ArcSwap<Table>,
+    /// The label selectors routes asked for, in `SubsetId` order (after the whole set).
+    selectors: Mutex<Vec<BTreeMap<String, String>>>,
+    /// The caller's zone, and how much of it must be in rotation to be preferred.
+    zone: Option<String>,
+    min_local_percent: u8,
     /// Discovery's own view, keyed by address; only changes take this lock, never requests.
     by_addr: Mutex<HashMap<SocketAddr, Arc<BalancedEndpoint>>>,
     next: AtomicUsize,
@@ -111,7 +116,7 @@ impl fmt::Debug for Balancer {
         f.debug_struct("Balancer")
             .field("service", &self.shared.status.service)
             .field("policy", &self.shared.policy)
-            .field("endpoints", &self.shared.table.load().len())
+            .field("endpoints", &self.endpoints().len())
             .finish()
     }
 }
@@ -168,13 +173,15 @@ impl BalancedEndpoint {
     /// Counts a request as in flight until the returned guard is finished or dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         let now = Instant::now();
-        if self.breaker.on_send(now) {
+        let probe = self.breaker.on_send(now);
+        if probe {
             tracing::debug!(service = %self.status.service, endpoint = %self.endpoint, "probing ejected endpoint");
         }
         self.load.start();
         InFlight {
             endpoint: Some(Arc::clone(self)),
             sent_at: now,
+            probe,
         }
     }
 
@@ -247,13 +254,32 @@ impl BalancedEndpoint {
         self.status.changed.notify_waiters();
     }
 
-    fn record(&self, sent_at: Instant, class: Option<Class>) {
-        self.load.finish(sent_at, class);
-        let Some(class) = class else { return };
-        match self
+    fn record(&self, sent_at: Instant, class: Option<Class>, probe: bool) {
+        let Some(class) = class else {
+            self.load.finish(sent_at, None);
+            if probe {
+                self.breaker.probe_abandoned();
+            }
+            return;
+        };
+        let transition = self
             .breaker
-            .record(&self.status.breaker, class, Instant::now())
-        {
+            .record(&self.status.breaker, class, probe, Instant::now());
+        // Once the breaker has ejected the endpoint its verdict replaces the failure penalty in
+        // the load: kept, the penalty would make P2C pass over the endpoint for seconds after
+        // its ejection ran out (delaying the probe well past the configured time) and after a
+        // successful probe. So the failures are forgotten at the ejection, and answers that
+        // arrive while it is out count only as latency. A recovered endpoint comes back at full
+        // share, as with Envoy's outlier detection and Linkerd's failure accrual.
+        let counted = match transition {
+            Transition::Ejected(..) => {
+                self.load.forget_failures();
+                None
+            }
+            _ => (self.breaker.state() == BreakerState::Closed).then_some(class),
+        };
+        self.load.finish(sent_at, counted);
+        match transition {
             Transition::None => {}
             Transition::Ejected(ejection, reason) => {
                 self.set_out(OUT_EJECTED, true);
@@ -284,6 +310,8 @@ impl BalancedEndpoint {
 pub struct InFlight {
     endpoint: Option<Arc<BalancedEndpoint>>,
     sent_at: Instant,
+    /// Whether this request is the probe of an ejected endpoint, whose outcome decides.
+    probe: bool,
 }
 
 impl InFlight {
@@ -297,7 +325,7 @@ impl InFlight {
     /// Records the request's latency and class.
     pub fn finish(mut self, class: Class) {
         if let Some(endpoint) = self.endpoint.take() {
-            endpoint.record(self.sent_at, Some(class));
+            endpoint.record(self.sent_at, Some(class), self.probe);
         }
     }
 }
@@ -305,7 +333,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(endpoint) = self.endpoint.take() {
-            endpoint.record(self.sent_at, None);
+            endpoint.record(self.sent_at, None, self.probe);
         }
     }
 }
@@ -322,22 +350,99 @@ pub enum Unavailable {
     AtCapacity,
 }
 
+/// A subset of a service's endpoints, selected by labels; see [`Balancer::subset`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SubsetId(usize);
+
+/// What a request asks of the balancer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Target<'a> {
+    /// Only endpoints of this subset; all when `None`.
+    pub subset: Option<SubsetId>,
+    /// The request's hash key, for `ring-hash`.
+    pub hash: Option<u64>,
+    /// Endpoints earlier attempts went to, avoided unless no other is ready.
+    pub avoid: &'a [SocketAddr],
+}
+
+/// The endpoint table: one pool for the whole set and one per registered subset.
+struct Table {
+    pools: Vec<Pool>,
+}
+
+/// The endpoints a request may go to, and those of them in the caller's zone.
+struct Pool {
+    all: Group,
+    local: Group,
+}
+
+struct Group {
+    endpoints: Vec<Arc<BalancedEndpoint>>,
+    /// For `ring-hash`: points on the ring, `(hash, index into endpoints)`, sorted.
+    ring: Vec<(u64, u32)>,
+}
+
+/// Ring points per endpoint are chosen so that the ring has at least this many (Envoy's
+/// `minimum_ring_size`), which keeps the keys' spread even with few endpoints.
+const MIN_RING_SIZE: usize = 1024;
+
+impl Group {
+    fn new(endpoints: Vec<Arc<BalancedEndpoint>>, ring: bool) -> Self {
+        let mut points = Vec::new();
+        if ring && !endpoints.is_empty() {
+            let total_weight: usize = endpoints.iter().map(|e| e.endpoint.weight() as usize).sum();
+            let per_weight = MIN_RING_SIZE.div_ceil(total_weight).max(1);
+            for (index, endpoint) in endpoints.iter().enumerate() {
+                let name = endpoint.authority.as_str().as_bytes();
+                for replica in 0..per_weight * endpoint.endpoint.weight() as usize {
+                    points.push((
+                        xxhash_rust::xxh64::xxh64(name, replica as u64),
+                        index as u32,
+                    ));
+                }
+            }
+            points.sort_unstable();
+        }
+        Self {
+            endpoints,
+            ring: points,
+        }
+    }
+
+    /// The first endpoint at or after `key` on the ring for which `ready` holds.
+    fn on_ring(
+        &self,
+        key: u64,
+        ready: impl Fn(&BalancedEndpoint) -> bool,
+    ) -> Option<&Arc<BalancedEndpoint>> {
+        let start = self.ring.partition_point(|&(point, _)| point < key);
+        (0..self.ring.len())
+            .map(|i| &self.endpoints[self.ring[(start + i) % self.ring.len()].1 as usize])
+            .find(|e| ready(e))
+    }
+}
+
 impl Balancer {
     /// An empty balancer for `service` with default breaker settings and no health checks;
     /// endpoints arrive through [`Balancer::apply`] or [`Balancer::discover`].
     pub fn new(service: &str, policy: BalancerPolicy) -> Self {
-        let mut config = ServiceConfig::default();
-        config.balancer = policy;
-        Self::from_config(service, &config)
+        let config = ServiceConfig {
+            balancer: policy,
+            ..ServiceConfig::default()
+        };
+        Self::from_config(service, &config, None)
     }
 
-    /// An empty balancer for `service` configured by `config`.
-    pub fn from_config(service: &str, config: &ServiceConfig) -> Self {
+    /// An empty balancer for `service` configured by `config`, for a caller in `zone`.
+    pub fn from_config(service: &str, config: &ServiceConfig, zone: Option<&str>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 policy: config.balancer,
                 load: LoadConfig::default(),
-                table: ArcSwap::from_pointee(Vec::new()),
+                table: ArcSwap::from_pointee(Table { pools: Vec::new() }),
+                selectors: Mutex::new(Vec::new()),
+                zone: zone.map(str::to_owned),
+                min_local_percent: config.locality.min_local_percent,
                 by_addr: Mutex::new(HashMap::new()),
                 next: AtomicUsize::new(0),
                 last_error: Mutex::new(None),
@@ -361,7 +466,80 @@ impl Balancer {
 
     /// The endpoints currently in the table.
     pub fn endpoints(&self) -> Vec<Arc<BalancedEndpoint>> {
-        self.shared.table.load().as_ref().clone()
+        self.shared
+            .table
+            .load()
+            .pools
+            .first()
+            .map(|pool| pool.all.endpoints.clone())
+            .unwrap_or_default()
+    }
+
+    /// The subset of endpoints whose labels include all of `labels`, for routes that send to it.
+    /// Asking twice for the same labels gives the same subset.
+    pub fn subset(&self, labels: &BTreeMap<String, String>) -> SubsetId {
+        let by_addr = self
+            .shared
+            .by_addr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut selectors = self
+            .shared
+            .selectors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(index) = selectors.iter().position(|selector| selector == labels) {
+            return SubsetId(index + 1);
+        }
+        selectors.push(labels.clone());
+        let id = SubsetId(selectors.len());
+        drop(selectors);
+        self.publish(&by_addr);
+        id
+    }
+
+    /// Builds and publishes the table from discovery's view.
+    fn publish(&self, by_addr: &HashMap<SocketAddr, Arc<BalancedEndpoint>>) {
+        let shared = &self.shared;
+        let ring = shared.policy == BalancerPolicy::RingHash;
+        let mut everything: Vec<_> = by_addr.values().cloned().collect();
+        // A stable order keeps round robin fair across updates and rings identical across
+        // clients.
+        everything.sort_unstable_by_key(|e| e.endpoint.addr());
+        let pool = |endpoints: Vec<Arc<BalancedEndpoint>>| {
+            let local = match &shared.zone {
+                Some(zone) => endpoints
+                    .iter()
+                    .filter(|e| e.endpoint.label("zone") == Some(zone.as_str()))
+                    .cloned()
+                    .collect(),
+                None => Vec::new(),
+            };
+            Pool {
+                all: Group::new(endpoints, ring),
+                local: Group::new(local, ring),
+            }
+        };
+        let selectors = shared
+            .selectors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut pools = Vec::with_capacity(selectors.len() + 1);
+        for selector in selectors.iter() {
+            let members = everything
+                .iter()
+                .filter(|e| {
+                    selector
+                        .iter()
+                        .all(|(key, value)| e.endpoint.label(key) == Some(value.as_str()))
+                })
+                .cloned()
+                .collect();
+            pools.push(pool(members));
+        }
+        drop(selectors);
+        pools.insert(0, pool(everything));
+        shared.table.store(Arc::new(Table { pools }));
     }
 
     /// The last discovery error, cleared by the next successful update.
@@ -449,16 +627,15 @@ impl Balancer {
                 removed.extend(old.into_values());
             }
         }
-        let table: Vec<_> = by_addr.values().cloned().collect();
-        let count = table.len();
+        let count = by_addr.len();
         // Recounted here rather than adjusted per removal, so that a breaker or health change
         // racing with a removal cannot leave the counts off for longer than one update.
-        let out = table
-            .iter()
+        let out = by_addr
+            .values()
             .filter(|e| e.out.load(Ordering::Acquire) != 0)
             .count();
-        let unchecked = table.iter().filter(|e| !e.health.is_checked()).count();
-        shared.table.store(Arc::new(table));
+        let unchecked = by_addr.values().filter(|e| !e.health.is_checked()).count();
+        self.publish(&by_addr);
         // After the new table is visible: a pick that still sees an old table notices the flag
         // and picks again.
         for endpoint in &removed {
@@ -477,43 +654,64 @@ impl Balancer {
 
     /// Picks an endpoint for one request, or `None` when none is ready.
     pub fn pick(&self) -> Option<Arc<BalancedEndpoint>> {
-        self.try_pick(&[]).ok()
+        self.try_pick(&Target::default()).ok()
     }
 
-    /// Picks an endpoint, avoiding those in `avoid` (where earlier attempts of the same request
-    /// went) unless no other is ready.
-    pub fn try_pick(&self, avoid: &[SocketAddr]) -> Result<Arc<BalancedEndpoint>, Unavailable> {
+    /// Picks an endpoint for `target`: of its subset, in the caller's zone while enough of the
+    /// zone is in rotation, avoiding the endpoints earlier attempts went to unless no other is
+    /// ready, by the balancer's policy.
+    pub fn try_pick(&self, target: &Target<'_>) -> Result<Arc<BalancedEndpoint>, Unavailable> {
         loop {
             let table = self.shared.table.load();
-            let status = &self.shared.status;
-            let len = table.len();
-            let unchecked = status.unchecked.load(Ordering::Acquire).min(len);
-            if len == unchecked {
+            let pool = target
+                .subset
+                .and_then(|SubsetId(index)| table.pools.get(index))
+                .or_else(|| table.pools.first());
+            let Some(pool) = pool.filter(|pool| !pool.all.endpoints.is_empty()) else {
                 return Err(Unavailable::NoEndpoints);
-            }
-            let out = status.out.load(Ordering::Acquire);
-            let picked = if out == 0
-                && unchecked == 0
-                && avoid.is_empty()
-                && status.max_requests_per_endpoint.is_none()
-            {
+            };
+            let status = &self.shared.status;
+            let everything_ready = status.out.load(Ordering::Acquire) == 0
+                && status.unchecked.load(Ordering::Acquire) == 0
+                && status.max_requests_per_endpoint.is_none();
+            let picked = if everything_ready && target.avoid.is_empty() {
                 // Everything is in rotation: no readiness to check.
-                self.choose(&table, |_| true)
+                let group = self.local_or_all(pool, |_| true);
+                self.choose(group, target.hash, |_| true)
             } else {
-                let checked = len - unchecked;
-                let in_rotation = checked.saturating_sub(out);
+                let now = Instant::now();
+                let (checked, in_rotation) = rotation(&pool.all.endpoints);
+                if checked == 0 {
+                    // Only endpoints yet to be health checked: wait for them, as for discovery.
+                    return Err(Unavailable::NoEndpoints);
+                }
                 // Too few endpoints left in rotation: spread over all of them rather than bury
                 // the few survivors (Envoy's panic threshold). With none left, only probes go.
                 let panic = in_rotation > 0
                     && in_rotation * 100
                         < checked * usize::from(status.breaker.panic_threshold_percent);
-                let now = Instant::now();
                 let ready = |e: &BalancedEndpoint| e.is_ready(now, panic);
+                let group = self.local_or_all(pool, |group| {
+                    let (checked, in_rotation) = rotation(&group.endpoints);
+                    checked > 0
+                        && in_rotation > 0
+                        && (panic
+                            || in_rotation * 100
+                                >= checked * usize::from(self.shared.min_local_percent))
+                });
+                let fresh =
+                    |e: &BalancedEndpoint| ready(e) && !target.avoid.contains(&e.endpoint.addr());
                 match self
-                    .choose(&table, |e| ready(e) && !avoid.contains(&e.endpoint.addr()))
-                    .or_else(|| self.choose(&table, ready))
+                    .choose(group, target.hash, fresh)
+                    .or_else(|| self.choose(group, target.hash, ready))
+                    .or_else(|| self.choose(&pool.all, target.hash, ready))
                 {
                     Some(endpoint) => Some(endpoint),
+                    // A failed first check (a refused connection answers quicker than a passing
+                    // one) must not fail requests that arrived before the others' checks.
+                    None if in_rotation == 0 && checked < pool.all.endpoints.len() => {
+                        return Err(Unavailable::NoEndpoints);
+                    }
                     None if in_rotation == 0 => return Err(Unavailable::CircuitOpen),
                     None => return Err(Unavailable::AtCapacity),
                 }
@@ -529,25 +727,42 @@ impl Balancer {
         }
     }
 
-    /// Chooses among the endpoints for which `ready` holds, by the balancer's policy.
+    /// The pool's endpoints in the caller's zone when it has some and `enough` says they will
+    /// do; all of the pool's endpoints otherwise.
+    fn local_or_all<'p>(&self, pool: &'p Pool, enough: impl Fn(&Group) -> bool) -> &'p Group {
+        let local = &pool.local;
+        if self.shared.min_local_percent <= 100 && !local.endpoints.is_empty() && enough(local) {
+            local
+        } else {
+            &pool.all
+        }
+    }
+
+    /// Chooses among the group's endpoints for which `ready` holds, by the balancer's policy.
     fn choose<'t>(
         &self,
-        table: &'t [Arc<BalancedEndpoint>],
+        group: &'t Group,
+        hash: Option<u64>,
         ready: impl Fn(&BalancedEndpoint) -> bool,
     ) -> Option<&'t Arc<BalancedEndpoint>> {
+        let table = &group.endpoints;
         let len = table.len();
-        if self.shared.policy == BalancerPolicy::RoundRobin {
+        let policy = self.shared.policy;
+        if let (BalancerPolicy::RingHash, Some(key)) = (policy, hash) {
+            return group.on_ring(key, ready);
+        }
+        if policy == BalancerPolicy::RoundRobin {
             let start = self.shared.next.fetch_add(1, Ordering::Relaxed);
             return (0..len)
                 .map(|i| &table[(start + i) % len])
                 .find(|e| ready(e));
         }
         let better = |a: &'t Arc<BalancedEndpoint>, b: &'t Arc<BalancedEndpoint>| {
-            let a_first = if self.shared.policy == BalancerPolicy::P2c {
+            let a_first = if policy == BalancerPolicy::LeastRequest {
+                a.pending_cost() <= b.pending_cost()
+            } else {
                 let now = Instant::now();
                 a.cost(now) <= b.cost(now)
-            } else {
-                a.pending_cost() <= b.pending_cost()
             };
             if a_first { a } else { b }
         };
@@ -577,19 +792,20 @@ impl Balancer {
         }
     }
 
-    /// Picks an endpoint, waiting up to `timeout` for discovery (or a first health check) to
-    /// provide one. Ejected or saturated endpoints are not waited for: that is an error at once.
+    /// Picks an endpoint for `target`, waiting up to `timeout` for discovery (or a first health
+    /// check) to provide one. Ejected or saturated endpoints are not waited for: that is an
+    /// error at once.
     pub async fn ready(
         &self,
         timeout: Duration,
-        avoid: &[SocketAddr],
+        target: &Target<'_>,
     ) -> Result<Arc<BalancedEndpoint>, Unavailable> {
         let deadline = Instant::now() + timeout;
         loop {
             let changed = self.shared.status.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            match self.try_pick(avoid) {
+            match self.try_pick(target) {
                 Ok(endpoint) => return Ok(endpoint),
                 Err(Unavailable::NoEndpoints) => {}
                 Err(other) => return Err(other),
@@ -613,6 +829,21 @@ impl Balancer {
             last_error: self.last_error(),
         }
     }
+}
+
+/// How many of `endpoints` have been health checked (or need no check), and how many of those
+/// are in rotation.
+fn rotation(endpoints: &[Arc<BalancedEndpoint>]) -> (usize, usize) {
+    endpoints.iter().fold((0, 0), |(checked, in_rotation), e| {
+        if e.removed.load(Ordering::Acquire) || !e.health.is_checked() {
+            (checked, in_rotation)
+        } else {
+            (
+                checked + 1,
+                in_rotation + usize::from(e.out.load(Ordering::Acquire) == 0),
+            )
+        }
+    })
 }
 
 /// Two different indices below `len` (at least 2), uniformly.

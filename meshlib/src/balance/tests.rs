@@ -188,7 +188,7 @@ async fn a_request_waits_for_discovery_then_fails_naming_the_service() {
     let balancer = Balancer::new("ratings", BalancerPolicy::P2c);
     let started = Instant::now();
     let error = balancer
-        .ready(Duration::from_secs(3), &[])
+        .ready(Duration::from_secs(3), &Target::default())
         .await
         .unwrap_err();
     assert_eq!(error, Unavailable::NoEndpoints);
@@ -199,7 +199,11 @@ async fn a_request_waits_for_discovery_then_fails_naming_the_service() {
 
     let waiter = {
         let balancer = balancer.clone();
-        tokio::spawn(async move { balancer.ready(Duration::from_secs(3), &[]).await })
+        tokio::spawn(async move {
+            balancer
+                .ready(Duration::from_secs(3), &Target::default())
+                .await
+        })
     };
     time::sleep(Duration::from_secs(1)).await;
     balancer.apply(Change::Add(vec![Endpoint::new(addr(7))]));
@@ -214,7 +218,10 @@ async fn discovery_errors_keep_the_last_good_set_and_are_reported() {
     handle.reset([addr(1)]);
     let balancer = Balancer::new("ratings", BalancerPolicy::P2c);
     let _task = balancer.discover(crate::discovery::Resolver::resolve(&resolver, "ratings"));
-    balancer.ready(Duration::from_secs(1), &[]).await.unwrap();
+    balancer
+        .ready(Duration::from_secs(1), &Target::default())
+        .await
+        .unwrap();
 
     handle.fail("registry.toml: line 3: invalid address");
     time::sleep(Duration::from_millis(1)).await;
@@ -227,7 +234,7 @@ async fn discovery_errors_keep_the_last_good_set_and_are_reported() {
     handle.reset(Vec::<Endpoint>::new());
     time::sleep(Duration::from_millis(1)).await;
     let error = balancer
-        .ready(Duration::from_millis(500), &[])
+        .ready(Duration::from_millis(500), &Target::default())
         .await
         .unwrap_err();
     assert_eq!(error, Unavailable::NoEndpoints);
@@ -235,4 +242,94 @@ async fn discovery_errors_keep_the_last_good_set_and_are_reported() {
         .no_endpoints(Duration::from_millis(500))
         .to_string();
     assert!(message.contains(r#""ratings""#), "{message}");
+}
+
+/// The endpoint at `port`.
+fn endpoint_at(balancer: &Balancer, port: u16) -> Arc<BalancedEndpoint> {
+    balancer
+        .endpoints()
+        .into_iter()
+        .find(|e| e.endpoint().addr().port() == port)
+        .expect("endpoint in table")
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_probes_an_ejected_endpoint_when_its_ejection_runs_out() {
+    let balancer = balancer(BalancerPolicy::P2c, &[1, 2]);
+    // Five failures in a row eject port 1 for at most 1.5 s (1 s base, +50% jitter).
+    for _ in 0..5 {
+        observe(&balancer, 1, Duration::from_millis(10), Class::Failure).await;
+        observe(&balancer, 2, Duration::from_millis(10), Class::Success).await;
+    }
+    assert_eq!(endpoint_at(&balancer, 1).breaker(), BreakerState::Open);
+    assert!(!spread(&balancer, 50).contains_key(&1));
+
+    // Once the ejection is over, the failures that caused it must not keep P2C away from it: the
+    // breaker's probe decides. With them still counted it would cost over ten times port 2 and
+    // lose every pick for seconds.
+    time::advance(Duration::from_millis(1500)).await;
+    let probe = (0..10)
+        .map(|_| balancer.pick().expect("an endpoint"))
+        .find(|e| e.endpoint().addr().port() == 1)
+        .expect("the ejected endpoint is probed");
+    probe.start().finish(Class::Success);
+    assert_eq!(probe.breaker(), BreakerState::Closed);
+    // And after a successful probe it is back at full share, not shunned for the decay period.
+    let counts = spread(&balancer, 100);
+    assert!(counts.get(&1).copied().unwrap_or(0) >= 25, "{counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_probe_does_not_strand_the_endpoint() {
+    let balancer = balancer(BalancerPolicy::RoundRobin, &[1, 2]);
+    for _ in 0..5 {
+        observe(&balancer, 1, Duration::from_millis(10), Class::Failure).await;
+    }
+    time::advance(Duration::from_millis(1500)).await;
+    let ejected = endpoint_at(&balancer, 1);
+    // The probe's caller gives up before an answer (its own timeout, a cancelled task).
+    drop(ejected.start());
+    assert_eq!(ejected.breaker(), BreakerState::Open);
+    // The next request is the probe instead, and its answer closes the breaker.
+    let counts = spread(&balancer, 10);
+    assert_eq!(counts.get(&1), Some(&5), "{counts:?}");
+    assert_eq!(ejected.breaker(), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn endpoints_not_yet_health_checked_are_waited_for_not_called_a_circuit_open() {
+    let mut config = ServiceConfig::default();
+    config.health = Some(crate::config::HealthCheckConfig::default());
+    let balancer = Balancer::from_config("reviews", &config, None);
+    balancer.apply(Change::Reset(vec![
+        Endpoint::new(addr(1)),
+        Endpoint::new(addr(2)),
+    ]));
+    assert_eq!(
+        balancer.try_pick(&Target::default()).unwrap_err(),
+        Unavailable::NoEndpoints
+    );
+    // Port 1's first check fails while port 2's is still on its way.
+    endpoint_at(&balancer, 1).observe_health(false, 1, 3);
+    assert_eq!(
+        balancer.try_pick(&Target::default()).unwrap_err(),
+        Unavailable::NoEndpoints
+    );
+    endpoint_at(&balancer, 2).observe_health(true, 1, 3);
+    assert_eq!(
+        balancer
+            .try_pick(&Target::default())
+            .unwrap()
+            .endpoint()
+            .addr(),
+        addr(2)
+    );
+    // Once every endpoint has been checked and none passes, the circuit is open.
+    for _ in 0..3 {
+        endpoint_at(&balancer, 2).observe_health(false, 1, 3);
+    }
+    assert_eq!(
+        balancer.try_pick(&Target::default()).unwrap_err(),
+        Unavailable::CircuitOpen
+    );
 }

@@ -14,15 +14,9 @@
 //! resolver. Each endpoint is written as in the mesh configuration's static lists: an address, or
 //! a table with `addr`, `labels` and `weight`. A service the file does not list has no endpoints.
 //!
-//! **Reloading.** The file's directory is watched rather than the file: editors and deploy tools
-//! replace a file by writing a temporary one and renaming it into place, and a watch on the file
-//! itself would follow the old inode, which no longer has the name. Events for the file start a
-//! reload after 50 ms of quiet, so that a burst (truncate, write, close, or
-//! write and rename) costs one read. The file is also read every 5 s whatever the watcher
-//! says, because some changes make no event in the directory: a registry that is a symbolic link
-//! into another directory (a Kubernetes ConfigMap volume swaps a link two levels up), a network
-//! file system, a directory that did not exist when the watch was tried. A read that finds
-//! nothing new changes nothing, so the poll costs one small read.
+//! **Reloading.** The file is followed as `crate::watch` describes: its directory is watched,
+//! bursts of events cost one read, and a slow poll covers changes no event reports. A read that
+//! finds nothing new changes nothing.
 //!
 //! **Bad edits.** A file that cannot be read or parsed is reported to every service's stream as
 //! an error naming the file, the key and the line; the last good endpoints stay in use, as Envoy
@@ -38,28 +32,17 @@
 //! current again (the balancer clears its last error on it).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::ffi::{OsStr, OsString};
 use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use futures_util::{StreamExt as _, stream};
-use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
-use tokio::time::MissedTickBehavior;
+use tokio::sync::watch;
 
 use super::{Change, Changes, Endpoint, ResolveError, Resolver};
 use crate::config::EndpointConfig;
-
-/// How long the file must be quiet after an event before it is read: long enough to take an
-/// editor's save as one change, short enough to go unnoticed next to a deploy.
-const DEBOUNCE: Duration = Duration::from_millis(50);
-
-/// How often the file is read whatever the watcher says; see the module docs for why.
-const POLL: Duration = Duration::from_secs(5);
+use crate::watch::FileWatch;
 
 /// Endpoints listed in a TOML registry file, reloaded when the file changes.
 ///
@@ -182,39 +165,12 @@ impl State {
 
 /// Follows the file at `path` into `state` until nobody holds a receiver of it.
 async fn watch_file(path: PathBuf, state: watch::Sender<Arc<State>>) {
-    // One slot: an event that finds it full finds a reload already due.
-    let (events_tx, mut events) = mpsc::channel(1);
-    let mut watcher: Option<RecommendedWatcher> = None;
-    let mut watch_failed = false;
-    let mut poll = tokio::time::interval(POLL);
-    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut watch = FileWatch::new(path.clone());
     let mut failures = 0;
     loop {
         tokio::select! {
             () = state.closed() => break,
-            // The first tick is immediate: the watch is set up before the first read, so that
-            // no edit falls between the two.
-            _ = poll.tick() => {
-                if watcher.is_none() {
-                    match watch_dir(&path, events_tx.clone()) {
-                        Ok(started) => watcher = Some(started),
-                        Err(error) if !watch_failed => {
-                            watch_failed = true;
-                            tracing::warn!(
-                                path = %path.display(),
-                                %error,
-                                poll = ?POLL,
-                                "cannot watch the registry's directory; reading it periodically"
-                            );
-                        }
-                        Err(_) => {}
-                    }
-                }
-            }
-            Some(()) = events.recv() => {
-                tokio::time::sleep(DEBOUNCE).await;
-                let _ = events.try_recv();
-            }
+            () = watch.changed() => {}
         }
         let read = {
             let path = path.clone();
@@ -238,43 +194,6 @@ async fn watch_file(path: PathBuf, state: watch::Sender<Arc<State>>) {
             None => false,
         });
     }
-}
-
-/// Watches the directory of `path`, signalling `events` when something may have changed the
-/// file.
-fn watch_dir(path: &Path, events: mpsc::Sender<()>) -> notify::Result<RecommendedWatcher> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let name: Option<OsString> = path.file_name().map(OsStr::to_owned);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let concerns_file = match &event {
-            Ok(event) => concerns(event, name.as_deref()),
-            // The watcher lost track (its queue overflowed, say): read the file to be sure.
-            Err(_) => true,
-        };
-        if concerns_file {
-            let _ = events.try_send(());
-        }
-    })?;
-    watcher.watch(dir, RecursiveMode::NonRecursive)?;
-    Ok(watcher)
-}
-
-/// Whether `event`, from the directory of the file called `name`, may have changed the file.
-fn concerns(event: &notify::Event, name: Option<&OsStr>) -> bool {
-    // Opening and reading the file, this registry's own reads among them, change nothing.
-    if let EventKind::Access(kind) = event.kind
-        && kind != AccessKind::Close(AccessMode::Write)
-    {
-        return false;
-    }
-    event.need_rescan()
-        || event
-            .paths
-            .iter()
-            .any(|path| name.is_none_or(|name| path.file_name() == Some(name)))
 }
 
 /// Reads and parses the registry at `path`; the error names the file.
@@ -403,12 +322,14 @@ impl Subscription {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
+    use std::time::Duration;
 
     use futures_util::FutureExt as _;
 
     use super::*;
 
-    /// Every wait in these tests is bounded by this; a reload normally takes `DEBOUNCE`.
+    /// Every wait in these tests is bounded by this, shorter than the watcher's 5 s poll so that
+    /// a broken watch fails them; a reload normally takes 50 ms.
     const WAIT: Duration = Duration::from_secs(3);
 
     fn addr(text: &str) -> SocketAddr {

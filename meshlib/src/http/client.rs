@@ -1,41 +1,51 @@
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 
 use super::{Body, ResponseFuture};
 use crate::Error;
 use crate::balance::Balancer;
-use crate::outbound::Stack;
+use crate::config::ServiceConfig;
+use crate::discovery::Changes;
+use crate::mesh::MeshHandle;
+use crate::outbound::{self, ServiceEndpoints, Stack};
 
 /// A client for one destination service: a [`tower_service::Service`] that sends each request
-/// through the service's outbound stack (limits, deadline, retries, balancing; see
-/// [`crate::outbound`]) to one of its endpoints.
+/// through the service's outbound stack (routes, limits, deadline, faults, retries, hedging,
+/// balancing; see `outbound.rs`) to one of its endpoints.
 ///
-/// Obtain one from `Mesh::http_client`. Cloning is cheap (a few reference counts) and clones
-/// share the balancer, its load estimates, the retry budget and the connection pools; the request
-/// path has no channel or background task in it. The request's URI supplies the path and query;
-/// its authority, if any, is kept as the `Host` header, and the endpoint's address is where the
-/// request goes.
-#[derive(Clone)]
+/// Obtain one from `Mesh::http_client`. Cloning is cheap and clones share the balancer, its
+/// load estimates, the retry budget and the connection pools; the request path has no channel
+/// or background task in it. The request's URI supplies the path and query; its authority, if
+/// any, is kept as the `Host` header, and the endpoint's address is where the request goes.
+///
+/// When the mesh's configuration is reloaded, the next request of every clone uses the new
+/// stack; requests in flight finish on the one they started with.
 pub struct HttpClient {
+    /// This clone's copy of the current stack, refreshed when `generation` moves on.
     stack: Stack,
+    generation: u64,
     shared: Arc<Shared>,
 }
 
 struct Shared {
     service: Arc<str>,
-    balancer: Balancer,
-    /// Discovery and health checking for this service stop when the last clone goes.
-    _tasks: Vec<AbortOnDrop>,
+    stack: ArcSwap<Stack>,
+    generation: AtomicU64,
+    endpoints: Mutex<ServiceEndpoints>,
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+impl Clone for HttpClient {
+    fn clone(&self) -> Self {
+        Self {
+            stack: self.stack.clone(),
+            generation: self.generation,
+            shared: Arc::clone(&self.shared),
+        }
     }
 }
 
@@ -43,24 +53,21 @@ impl fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpClient")
             .field("service", &self.shared.service)
-            .field("balancer", &self.shared.balancer)
+            .field("balancer", &self.balancer())
             .finish_non_exhaustive()
     }
 }
 
 impl HttpClient {
-    pub(crate) fn new(
-        service: &Arc<str>,
-        balancer: Balancer,
-        stack: Stack,
-        tasks: impl IntoIterator<Item = tokio::task::JoinHandle<()>>,
-    ) -> Self {
+    pub(crate) fn new(service: &Arc<str>, endpoints: ServiceEndpoints, stack: Stack) -> Self {
         Self {
-            stack,
+            stack: stack.clone(),
+            generation: 0,
             shared: Arc::new(Shared {
                 service: Arc::clone(service),
-                balancer,
-                _tasks: tasks.into_iter().map(AbortOnDrop).collect(),
+                stack: ArcSwap::from_pointee(stack),
+                generation: AtomicU64::new(0),
+                endpoints: Mutex::new(endpoints),
             }),
         }
     }
@@ -70,9 +77,37 @@ impl HttpClient {
         &self.shared.service
     }
 
-    /// The balancer choosing this service's endpoints.
-    pub fn balancer(&self) -> &Balancer {
-        &self.shared.balancer
+    /// The balancer choosing this service's endpoints now.
+    pub fn balancer(&self) -> Balancer {
+        self.shared
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .balancer
+            .clone()
+    }
+
+    /// Applies a new configuration of the service: a new stack for new requests, with new
+    /// endpoints only if the settings they depend on changed.
+    pub(crate) fn reconfigure(
+        &self,
+        config: &ServiceConfig,
+        zone: Option<&str>,
+        mesh: MeshHandle,
+        changes: impl FnOnce() -> Result<Changes, Error>,
+    ) -> Result<(), Error> {
+        let shared = &self.shared;
+        let mut endpoints = shared
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if endpoints.must_restart(config, zone) {
+            *endpoints = ServiceEndpoints::start(&shared.service, config, zone, changes()?);
+        }
+        let stack = outbound::stack(&shared.service, config, &endpoints, &mesh);
+        shared.stack.store(Arc::new(stack));
+        shared.generation.fetch_add(1, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -92,6 +127,11 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            self.stack = Stack::clone(&self.shared.stack.load());
+            self.generation = generation;
+        }
         tower_service::Service::call(&mut self.stack, request.map(Body::new))
     }
 }

@@ -17,10 +17,11 @@ use tokio::time::Instant;
 
 use super::{Body, ResponseFuture};
 use crate::Error;
-use crate::balance::{BalancedEndpoint, Balancer, Unavailable};
+use crate::balance::{BalancedEndpoint, Balancer, Target, Unavailable};
 use crate::classify::Classifier;
 use crate::config::{Protocol, ServiceConfig};
 use crate::deadline::Deadline;
+use crate::route::Routed;
 
 /// What the retry layer tells the endpoint layer about one attempt, as a request extension.
 #[derive(Clone, Debug, Default)]
@@ -104,7 +105,13 @@ impl Inner {
             .extensions_mut()
             .remove::<Attempt>()
             .unwrap_or_default();
-        let endpoint = self.pick(&attempt).await?;
+        let routed = request.extensions().get::<Routed>();
+        let target = Target {
+            subset: routed.and_then(|routed| routed.subset),
+            hash: routed.and_then(|routed| routed.hash),
+            avoid: &attempt.avoid,
+        };
+        let endpoint = self.pick(&target, attempt.deadline).await?;
 
         let uri = std::mem::take(request.uri_mut());
         let mut parts = uri.into_parts();
@@ -158,16 +165,24 @@ impl Inner {
         }
     }
 
-    async fn pick(&self, attempt: &Attempt) -> Result<Arc<BalancedEndpoint>, Error> {
-        match self.balancer.try_pick(&attempt.avoid) {
+    async fn pick(
+        &self,
+        target: &Target<'_>,
+        deadline: Option<Deadline>,
+    ) -> Result<Arc<BalancedEndpoint>, Error> {
+        match self.balancer.try_pick(target) {
             Ok(endpoint) => Ok(endpoint),
-            Err(Unavailable::NoEndpoints) => self.wait_for_endpoint(attempt).await,
+            Err(Unavailable::NoEndpoints) => self.wait_for_endpoint(target, deadline).await,
             Err(unavailable) => Err(self.unavailable(unavailable, Duration::ZERO)),
         }
     }
 
     /// Waits, a bounded number of requests at a time, for discovery to produce an endpoint.
-    async fn wait_for_endpoint(&self, attempt: &Attempt) -> Result<Arc<BalancedEndpoint>, Error> {
+    async fn wait_for_endpoint(
+        &self,
+        target: &Target<'_>,
+        deadline: Option<Deadline>,
+    ) -> Result<Arc<BalancedEndpoint>, Error> {
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(Error::overloaded(
@@ -175,11 +190,11 @@ impl Inner {
                 "max_pending requests are already waiting for an endpoint",
             ));
         }
-        let wait = attempt.deadline.map_or(self.discovery_timeout, |deadline| {
+        let wait = deadline.map_or(self.discovery_timeout, |deadline| {
             deadline.remaining().min(self.discovery_timeout)
         });
         let started = Instant::now();
-        let picked = self.balancer.ready(wait, &attempt.avoid).await;
+        let picked = self.balancer.ready(wait, target).await;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         picked.map_err(|unavailable| self.unavailable(unavailable, started.elapsed()))
     }

@@ -1,0 +1,490 @@
+//! The compiled route table and the layer that applies it.
+
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{COOKIE, HeaderName, HeaderValue};
+use http::{Method, Request, Response};
+use regex::Regex;
+
+use super::config::{
+    HashKey, HeaderTransform, PathMatch, RouteConfig, RouteRetryConfig, ValueMatch,
+};
+use super::fault::Fault;
+use crate::balance::{Balancer, SubsetId};
+use crate::http::{Body, HttpClient, ResponseFuture};
+use crate::limit::RateLimit;
+use crate::mesh::MeshHandle;
+use crate::{Error, config::ServiceConfig};
+
+/// The routes of one service, compiled.
+pub(crate) struct RouteTable {
+    service: Arc<str>,
+    routes: Vec<Arc<Route>>,
+    /// For requests no route matches: all endpoints, the service's own policies.
+    default: Arc<Route>,
+}
+
+/// One compiled route.
+pub(crate) struct Route {
+    pub(crate) name: Arc<str>,
+    matcher: Matcher,
+    /// Subsets with cumulative weights; empty means all endpoints.
+    split: Vec<(Option<SubsetId>, u64)>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retry: Option<RouteRetryConfig>,
+    rate_limit: Option<RateLimit>,
+    pub(crate) fault: Option<Fault>,
+    mirror: Option<Mirror>,
+    request_headers: Transform,
+    response_headers: Transform,
+    prefix_rewrite: Option<(String, String)>,
+    hash: Option<HashKey>,
+}
+
+/// The routing decision for one request, as a request extension for the layers below.
+#[derive(Clone)]
+pub(crate) struct Routed {
+    pub(crate) route: Arc<Route>,
+    pub(crate) subset: Option<SubsetId>,
+    pub(crate) hash: Option<u64>,
+}
+
+#[derive(Default)]
+struct Matcher {
+    path: Option<Path>,
+    method: Option<Method>,
+    headers: Vec<(HeaderName, Value)>,
+    query: Vec<(String, Value)>,
+}
+
+enum Path {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+enum Value {
+    Exact(String),
+    Regex(Regex),
+    Present(bool),
+}
+
+struct Mirror {
+    service: String,
+    percent: f64,
+    client: OnceLock<Option<HttpClient>>,
+    mesh: MeshHandle,
+}
+
+#[derive(Default)]
+struct Transform {
+    add: Vec<(HeaderName, HeaderValue)>,
+    set: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl RouteTable {
+    /// Compiles `config`'s routes, registering their subsets with `balancer`. The configuration
+    /// was validated, so what it names parses.
+    pub(crate) fn compile(
+        service: &Arc<str>,
+        config: &ServiceConfig,
+        balancer: &Balancer,
+        mesh: &MeshHandle,
+    ) -> Self {
+        let routes = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| Arc::new(Route::compile(i, route, config, balancer, mesh)))
+            .collect();
+        let default = RouteConfig {
+            name: Some("default".to_owned()),
+            ..RouteConfig::default()
+        };
+        Self {
+            service: Arc::clone(service),
+            routes,
+            default: Arc::new(Route::compile(usize::MAX, &default, config, balancer, mesh)),
+        }
+    }
+
+    fn find<B>(&self, request: &Request<B>) -> &Arc<Route> {
+        self.routes
+            .iter()
+            .find(|route| route.matcher.matches(request))
+            .unwrap_or(&self.default)
+    }
+}
+
+impl Route {
+    fn compile(
+        index: usize,
+        route: &RouteConfig,
+        service: &ServiceConfig,
+        balancer: &Balancer,
+        mesh: &MeshHandle,
+    ) -> Self {
+        let name = route
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("routes[{index}]"));
+        let mut total = 0;
+        let split = route
+            .split
+            .iter()
+            .filter(|split| split.weight > 0)
+            .map(|split| {
+                total += u64::from(split.weight);
+                let subset = (!split.subset.is_empty()).then(|| balancer.subset(&split.subset));
+                (subset, total)
+            })
+            .collect();
+        let matches = &route.matches;
+        let matcher = Matcher {
+            path: matches.path.as_ref().map(|path| match path {
+                PathMatch::Exact(path) => Path::Exact(path.clone()),
+                PathMatch::Prefix(prefix) => Path::Prefix(prefix.trim_end_matches('/').to_owned()),
+                PathMatch::Regex(pattern) => Path::Regex(anchored(pattern)),
+                // Validation accepts no other kind.
+                #[allow(unreachable_patterns)]
+                _ => Path::Prefix(String::new()),
+            }),
+            method: matches
+                .method
+                .as_ref()
+                .and_then(|method| Method::from_bytes(method.as_bytes()).ok()),
+            headers: matches
+                .headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    Some((
+                        HeaderName::from_bytes(name.as_bytes()).ok()?,
+                        Value::compile(value),
+                    ))
+                })
+                .collect(),
+            query: matches
+                .query
+                .iter()
+                .map(|(name, value)| (name.clone(), Value::compile(value)))
+                .collect(),
+        };
+        let prefix_rewrite = match (&matches.path, &route.prefix_rewrite) {
+            (Some(PathMatch::Prefix(from)), Some(to)) => {
+                Some((from.trim_end_matches('/').to_owned(), to.clone()))
+            }
+            _ => None,
+        };
+        Self {
+            name: name.into(),
+            matcher,
+            split,
+            timeout: route.timeout,
+            retry: route.retry.clone(),
+            rate_limit: route.rate_limit.as_ref().and_then(RateLimit::new),
+            fault: route.fault.as_ref().map(Fault::compile),
+            mirror: route.mirror.as_ref().map(|mirror| Mirror {
+                service: mirror.service.clone(),
+                percent: mirror.percent,
+                client: OnceLock::new(),
+                mesh: mesh.clone(),
+            }),
+            request_headers: Transform::compile(&route.headers.request),
+            response_headers: Transform::compile(&route.headers.response),
+            prefix_rewrite,
+            hash: route.hash.clone().or_else(|| service.hash.clone()),
+        }
+    }
+
+    fn pick_subset(&self) -> Option<SubsetId> {
+        let (_, total) = *self.split.last()?;
+        let ticket = fastrand::u64(..total);
+        self.split
+            .iter()
+            .find(|(_, upto)| ticket < *upto)
+            .and_then(|(subset, _)| *subset)
+    }
+
+    fn hash_key<B>(&self, request: &Request<B>) -> Option<u64> {
+        let key: &[u8] = match self.hash.as_ref()? {
+            HashKey::Header(name) => request.headers().get(name.as_str())?.as_bytes(),
+            HashKey::Cookie(name) => request
+                .headers()
+                .get_all(COOKIE)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(';'))
+                .find_map(|pair| {
+                    let (key, value) = pair.trim().split_once('=')?;
+                    (key == name).then_some(value.as_bytes())
+                })?,
+            #[allow(unreachable_patterns)]
+            _ => return None,
+        };
+        Some(xxhash_rust::xxh64::xxh64(key, 0))
+    }
+}
+
+/// A regular expression that must match the whole value, as Envoy's `safe_regex` does.
+fn anchored(pattern: &str) -> Regex {
+    Regex::new(&format!("^(?:{pattern})$")).expect("validated when the configuration was read")
+}
+
+impl Value {
+    fn compile(value: &ValueMatch) -> Self {
+        match value {
+            ValueMatch::Exact(value) => Self::Exact(value.clone()),
+            ValueMatch::Regex(pattern) => Self::Regex(anchored(pattern)),
+            ValueMatch::Present(present) => Self::Present(*present),
+            #[allow(unreachable_patterns)]
+            _ => Self::Present(true),
+        }
+    }
+
+    fn matches(&self, value: Option<&str>) -> bool {
+        match (self, value) {
+            (Self::Present(present), value) => value.is_some() == *present,
+            (Self::Exact(expected), Some(value)) => expected == value,
+            (Self::Regex(regex), Some(value)) => regex.is_match(value),
+            (_, None) => false,
+        }
+    }
+}
+
+impl Matcher {
+    fn matches<B>(&self, request: &Request<B>) -> bool {
+        if let Some(method) = &self.method
+            && request.method() != method
+        {
+            return false;
+        }
+        if let Some(path) = &self.path {
+            let actual = request.uri().path();
+            let ok = match path {
+                Path::Exact(expected) => actual == expected,
+                Path::Prefix(prefix) => {
+                    actual.starts_with(prefix.as_str())
+                        && matches!(actual.as_bytes().get(prefix.len()), None | Some(b'/'))
+                }
+                Path::Regex(regex) => regex.is_match(actual),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        let headers = request.headers();
+        if !self
+            .headers
+            .iter()
+            .all(|(name, value)| value.matches(headers.get(name).and_then(|v| v.to_str().ok())))
+        {
+            return false;
+        }
+        if !self.query.is_empty() {
+            let query = request.uri().query().unwrap_or("");
+            return self.query.iter().all(|(name, value)| {
+                let found = query.split('&').find_map(|pair| {
+                    let (key, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (key == name).then_some(v)
+                });
+                value.matches(found)
+            });
+        }
+        true
+    }
+}
+
+/// Whether a route-level header condition holds, for faults.
+pub(crate) fn headers_match(
+    conditions: &[(HeaderName, ValueMatchCompiled)],
+    headers: &http::HeaderMap,
+) -> bool {
+    conditions.iter().all(|(name, value)| {
+        value
+            .0
+            .matches(headers.get(name).and_then(|v| v.to_str().ok()))
+    })
+}
+
+/// A compiled header condition, opaque outside routing.
+pub(crate) struct ValueMatchCompiled(Value);
+
+impl ValueMatchCompiled {
+    pub(crate) fn compile(value: &ValueMatch) -> Self {
+        Self(Value::compile(value))
+    }
+}
+
+impl Transform {
+    fn compile(config: &HeaderTransform) -> Self {
+        let pairs = |map: &std::collections::BTreeMap<String, String>| {
+            map.iter()
+                .filter_map(|(name, value)| {
+                    Some((
+                        HeaderName::from_bytes(name.as_bytes()).ok()?,
+                        HeaderValue::from_str(value).ok()?,
+                    ))
+                })
+                .collect()
+        };
+        Self {
+            add: pairs(&config.add),
+            set: pairs(&config.set),
+            remove: config
+                .remove
+                .iter()
+                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+                .collect(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.set.is_empty() && self.remove.is_empty()
+    }
+
+    fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+impl Mirror {
+    fn send(&self, request: &Request<Body>) {
+        if fastrand::f64() * 100.0 >= self.percent {
+            return;
+        }
+        let Some(body) = request.body().try_clone() else {
+            return;
+        };
+        let client = self
+            .client
+            .get_or_init(|| self.mesh.http_client(&self.service));
+        let Some(client) = client else { return };
+        let mut copy = Request::new(body);
+        *copy.method_mut() = request.method().clone();
+        *copy.uri_mut() = request.uri().clone();
+        *copy.headers_mut() = request.headers().clone();
+        let mut client = client.clone();
+        let service = self.service.clone();
+        // Fire and forget: the shadow's answer, latency or failure never reaches the caller.
+        tokio::spawn(async move {
+            if let Err(error) = tower_service::Service::call(&mut client, copy).await {
+                tracing::debug!(mirror = %service, %error, "mirrored request failed");
+            }
+        });
+    }
+}
+
+/// Adds [`Router`] to a stack.
+#[derive(Clone)]
+pub(crate) struct RouterLayer {
+    table: Arc<RouteTable>,
+}
+
+impl RouterLayer {
+    pub(crate) fn new(table: Arc<RouteTable>) -> Self {
+        Self { table }
+    }
+}
+
+impl<S> tower::Layer<S> for RouterLayer {
+    type Service = Router<S>;
+
+    fn layer(&self, inner: S) -> Router<S> {
+        Router {
+            inner,
+            table: Arc::clone(&self.table),
+        }
+    }
+}
+
+/// Matches each request to a route and applies the route's decisions.
+#[derive(Clone)]
+pub(crate) struct Router<S> {
+    inner: S,
+    table: Arc<RouteTable>,
+}
+
+impl<S> tower_service::Service<Request<Body>> for Router<S>
+where
+    S: tower_service::Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = Error,
+            Future = ResponseFuture,
+        >,
+{
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> ResponseFuture {
+        let route = Arc::clone(self.table.find(&request));
+        if let Some(rate) = &route.rate_limit
+            && !rate.try_acquire()
+        {
+            let error = Error::rate_limited(&self.table.service, rate.per_second());
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        if !route.request_headers.is_empty() {
+            route.request_headers.apply(request.headers_mut());
+        }
+        if let Some((from, to)) = &route.prefix_rewrite {
+            rewrite_prefix(&mut request, from, to);
+        }
+        if let Some(mirror) = &route.mirror {
+            mirror.send(&request);
+        }
+        let routed = Routed {
+            subset: route.pick_subset(),
+            hash: route.hash_key(&request),
+            route: Arc::clone(&route),
+        };
+        request.extensions_mut().insert(routed);
+        let response = self.inner.call(request);
+        if route.response_headers.is_empty() {
+            return response;
+        }
+        Box::pin(async move {
+            let mut response = response.await?;
+            route.response_headers.apply(response.headers_mut());
+            Ok(response)
+        })
+    }
+}
+
+fn rewrite_prefix(request: &mut Request<Body>, from: &str, to: &str) {
+    let uri = request.uri();
+    let Some(rest) = uri.path().strip_prefix(from) else {
+        return;
+    };
+    let joined = match (to.ends_with('/'), rest.strip_prefix('/')) {
+        (true, Some(rest)) => format!("{to}{rest}"),
+        _ => format!("{to}{rest}"),
+    };
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{joined}?{query}"),
+        None => joined,
+    };
+    let mut parts = uri.clone().into_parts();
+    if let Ok(path_and_query) = path_and_query.parse() {
+        parts.path_and_query = Some(path_and_query);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+}
