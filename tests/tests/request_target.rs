@@ -42,7 +42,7 @@ async fn clients_for_one_service_share_their_balancer() {
     let second = mesh.http_client("details").unwrap();
     first
         .balancer()
-        .ready(std::time::Duration::from_secs(1), &[])
+        .ready(std::time::Duration::from_secs(1), &Default::default())
         .await
         .unwrap();
     let a = &first.balancer().endpoints()[0];
