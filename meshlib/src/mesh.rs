@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::config::{ConfigError, DiscoveryConfig, MeshConfig, ServiceConfig};
 use crate::discovery::{DnsResolver, FileRegistry, Resolver, StaticResolver};
 use crate::http::HttpClient;
+use crate::identity::{Identity, IdentityError};
 use crate::{Error, outbound};
 
 /// The mesh as one process sees it: built once, it hands out clients for destination services.
@@ -19,6 +20,7 @@ pub struct Mesh {
 
 struct Inner {
     config: MeshConfig,
+    identity: Option<Identity>,
     resolvers: HashMap<String, Arc<dyn Resolver>>,
     registries: Mutex<HashMap<PathBuf, FileRegistry>>,
     clients: Mutex<HashMap<String, HttpClient>>,
@@ -37,6 +39,7 @@ impl fmt::Debug for Mesh {
 pub struct MeshBuilder {
     config: MeshConfig,
     resolvers: HashMap<String, Arc<dyn Resolver>>,
+    identity: Option<Identity>,
 }
 
 impl fmt::Debug for MeshBuilder {
@@ -44,6 +47,7 @@ impl fmt::Debug for MeshBuilder {
         f.debug_struct("MeshBuilder")
             .field("config", &self.config)
             .field("resolvers", &self.resolvers.keys())
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -58,10 +62,25 @@ impl MeshBuilder {
         self
     }
 
-    /// Validates the configuration and builds the mesh.
+    /// Uses `identity` as this process's workload identity instead of the files `[identity]`
+    /// names (for an identity from PEM given in code, or one shared by several meshes).
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Validates the configuration, reads the identity's files, and builds the mesh.
     pub fn build(self) -> Result<Mesh, Error> {
-        self.config.validate().map_err(Error::config)?;
-        for (name, service) in &self.config.services {
+        let identity = match (self.identity, &self.config.identity) {
+            (Some(identity), _) => Some(identity),
+            (None, Some(files)) => Some(Identity::from_config(files).map_err(identity_error)?),
+            (None, None) => None,
+        };
+        let config = self.config;
+        config
+            .validate_with_identity(identity.is_some())
+            .map_err(Error::config)?;
+        for (name, service) in &config.services {
             if service.discovery.is_none() && !self.resolvers.contains_key(name) {
                 return Err(Error::config(ConfigError::new(
                     format!("services.{name}.discovery"),
@@ -71,7 +90,8 @@ impl MeshBuilder {
         }
         Ok(Mesh {
             inner: Arc::new(Inner {
-                config: self.config,
+                config,
+                identity,
                 resolvers: self.resolvers,
                 registries: Mutex::default(),
                 clients: Mutex::default(),
@@ -86,6 +106,7 @@ impl Mesh {
         MeshBuilder {
             config,
             resolvers: HashMap::new(),
+            identity: None,
         }
     }
 
@@ -102,6 +123,11 @@ impl Mesh {
     /// The configuration the mesh runs with.
     pub fn config(&self) -> &MeshConfig {
         &self.inner.config
+    }
+
+    /// This process's workload identity, when it has one.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.inner.identity.as_ref()
     }
 
     /// The HTTP client for `service`, created on first use.
@@ -123,7 +149,7 @@ impl Mesh {
             .get(service)
             .ok_or_else(|| Error::unknown_service(service))?;
         let changes = self.resolver(service, config)?.resolve(service);
-        let client = outbound::http(service, config, changes);
+        let client = outbound::http(service, config, self.inner.identity.as_ref(), changes);
         clients.insert(service.to_owned(), client.clone());
         Ok(client)
     }
@@ -138,7 +164,7 @@ impl Mesh {
             .get(name)
             .cloned()
             .unwrap_or_default();
-        crate::inbound::Server::new(name, config)
+        crate::inbound::Server::new(name, config, self.inner.identity.as_ref())
     }
 
     fn resolver(&self, service: &str, config: &ServiceConfig) -> Result<Arc<dyn Resolver>, Error> {
@@ -190,4 +216,12 @@ impl Mesh {
         };
         Ok(resolver)
     }
+}
+
+/// An identity that cannot be loaded, as a configuration error at the key naming its file.
+fn identity_error(error: IdentityError) -> Error {
+    Error::config(ConfigError::new(
+        format!("identity.{}", error.part().key()),
+        error,
+    ))
 }

@@ -12,6 +12,7 @@ use crate::discovery::Changes;
 use crate::health;
 use crate::hedge::{Hedge, HedgeLayer};
 use crate::http::{Endpoints, HttpClient};
+use crate::identity::Identity;
 use crate::limit::{Limit, LimitLayer};
 use crate::retry::{Retry, RetryLayer};
 use crate::timeout::{Timeout, TimeoutLayer};
@@ -28,9 +29,15 @@ pub(crate) type Stack = Limit<Timeout<Retry<Hedge<Endpoints>>>>;
 ///    with jittered backoff, each attempt cut off by the per-try timeout;
 /// 4. hedge (if configured): send a backup of a slow idempotent attempt, under its own budget;
 /// 5. endpoints: pick an endpoint among those ready (discovered, healthy, breaker closed, under
-///    their own limit), send the request over a pooled connection announcing the time left,
-///    classify the answer once and feed that class to the endpoint's load and breaker.
-pub(crate) fn http(service: &str, config: &ServiceConfig, changes: Changes) -> HttpClient {
+///    their own limit), send the request over a pooled connection (mTLS when the endpoint must
+///    present an identity) announcing the time left, classify the answer once and feed that
+///    class to the endpoint's load and breaker.
+pub(crate) fn http(
+    service: &str,
+    config: &ServiceConfig,
+    identity: Option<&Identity>,
+    changes: Changes,
+) -> HttpClient {
     let service: Arc<str> = service.into();
     let classifier = Arc::new(Classifier::with_retryable_statuses(
         config
@@ -59,6 +66,7 @@ pub(crate) fn http(service: &str, config: &ServiceConfig, changes: Changes) -> H
             config,
             balancer.clone(),
             classifier,
+            identity,
         ));
     HttpClient::new(&service, balancer, stack, tasks)
 }

@@ -326,8 +326,10 @@ impl Balancer {
     /// An empty balancer for `service` with default breaker settings and no health checks;
     /// endpoints arrive through [`Balancer::apply`] or [`Balancer::discover`].
     pub fn new(service: &str, policy: BalancerPolicy) -> Self {
-        let mut config = ServiceConfig::default();
-        config.balancer = policy;
+        let config = ServiceConfig {
+            balancer: policy,
+            ..ServiceConfig::default()
+        };
         Self::from_config(service, &config)
     }
 
