@@ -34,7 +34,7 @@ use tokio_rustls::client::TlsStream;
 use crate::balance::Balancer;
 use crate::config::{IDENTITY_LABEL, Protocol, ServiceConfig};
 use crate::error::BoxError;
-use crate::identity::tls::{H2, HTTP1};
+use crate::identity::tls::{H2, HTTP1, readable};
 use crate::identity::{Identity, SpiffeId};
 
 /// Connects to endpoints, with mTLS where an identity is expected of them.
@@ -157,7 +157,11 @@ impl tower_service::Service<Uri> for Connector {
             let stream = match tokio::time::timeout(shared.handshake_timeout, handshake).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
-                    return Err(ConnectError::with_source("mTLS handshake failed", error).into());
+                    return Err(ConnectError::with_source(
+                        "mTLS handshake failed",
+                        readable(error),
+                    )
+                    .into());
                 }
                 Err(_) => {
                     return Err(ConnectError::new(format!(

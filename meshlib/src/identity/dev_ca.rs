@@ -92,9 +92,12 @@ impl DevCa {
         params
             .distinguished_name
             .push(DnType::OrganizationName, "meshlib development CA");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, domain.trust_domain());
+        // A name of its own, as two real CAs have: a certificate from another development CA
+        // for the same trust domain is then from an unknown issuer, not a forgery of this one.
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("{} {:08x}", domain.trust_domain(), fastrand::u32(..)),
+        );
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,

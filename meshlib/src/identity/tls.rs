@@ -84,6 +84,27 @@ pub(crate) fn peer_id(certs: Option<&[CertificateDer<'_>]>) -> Option<SpiffeId> 
     Leaf::parse(certs?.first()?).ok().map(|leaf| leaf.id)
 }
 
+/// A handshake error as a person should read it. rustls prints `CertificateError::Other`, where
+/// meshlib's verifiers put what they found (such as the SPIFFE IDs presented and expected), in
+/// its `Debug` form; this prints the message itself.
+pub(crate) fn readable(error: std::io::Error) -> std::io::Error {
+    let ours = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|inner| match inner {
+            rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+                Some(other.0.to_string())
+            }
+            _ => None,
+        });
+    match ours {
+        Some(message) => {
+            std::io::Error::new(error.kind(), format!("invalid peer certificate: {message}"))
+        }
+        None => error,
+    }
+}
+
 fn invalid(message: String) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
         MeshCertError(message),

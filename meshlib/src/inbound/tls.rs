@@ -30,7 +30,7 @@ use tokio_rustls::TlsAcceptor;
 use super::Peer;
 use crate::config::TlsMode;
 use crate::identity::Identity;
-use crate::identity::tls::peer_id;
+use crate::identity::tls::{peer_id, readable};
 
 /// The first byte of a TLS record carrying a handshake message (a ClientHello, here).
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -201,7 +201,7 @@ impl Terminate {
             let stream = acceptor
                 .accept(stream)
                 .await
-                .map_err(AcceptErrorKind::Handshake)?;
+                .map_err(|error| AcceptErrorKind::Handshake(readable(error)))?;
             let identity = peer_id(stream.get_ref().1.peer_certificates());
             Ok(Accepted {
                 stream: ServerStream(Stream::Tls(Box::new(stream))),
