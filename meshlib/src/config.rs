@@ -805,7 +805,7 @@ impl MeshConfig {
             .map_err(|error| toml_error(text, String::new(), &error))?;
         let config: Self = serde_path_to_error::deserialize(deserializer)
             .map_err(|error| toml_error(text, key_path(&error), error.inner()))?;
-        config.validate()?;
+        config.validate_parsed()?;
         Ok(config)
     }
 
@@ -820,7 +820,7 @@ impl MeshConfig {
                     format_args!("{inner} (line {}, column {})", inner.line(), inner.column()),
                 )
             })?;
-        config.validate()?;
+        config.validate_parsed()?;
         Ok(config)
     }
 
@@ -872,6 +872,13 @@ impl MeshConfig {
     /// Checks every value that parsing alone cannot, naming the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_with_identity(self.identity.is_some())
+    }
+
+    /// What parsing checks: everything but whether settings that need the mesh's `[identity]`
+    /// have one, since the identity may be given in code (`MeshBuilder::identity`); building
+    /// the mesh checks that.
+    fn validate_parsed(&self) -> Result<(), ConfigError> {
+        self.validate_with_identity(true)
     }
 
     /// [`validate`](Self::validate), where `has_identity` says whether the mesh has an identity

@@ -242,13 +242,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Connects to `addr` with plain rustls, presenting `cert` (if any) and trusting `bundle_pem`
-/// for a server certificate with an IP SAN of 127.0.0.1, sends `GET /` over HTTP/1.1, and returns
-/// the response's head, or the error that ended the connection (a TLS alert, say).
-pub async fn raw_tls_get(
+/// for a server certificate with an IP SAN of 127.0.0.1.
+async fn raw_tls_connect(
     addr: SocketAddr,
     cert: Option<&WorkloadCert>,
     bundle_pem: &str,
-) -> std::io::Result<String> {
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs(bundle_pem) {
         roots.add(cert).expect("a CA certificate");
@@ -269,9 +268,19 @@ pub async fn raw_tls_get(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let stream = TcpStream::connect(addr).await?;
-    let mut stream = connector
+    connector
         .connect(ServerName::IpAddress(addr.ip().into()), stream)
-        .await?;
+        .await
+}
+
+/// Connects as [`raw_tls_connect`] does, sends `GET /` over HTTP/1.1, and returns the
+/// response's status line, or the error that ended the connection (a TLS alert, say).
+pub async fn raw_tls_get(
+    addr: SocketAddr,
+    cert: Option<&WorkloadCert>,
+    bundle_pem: &str,
+) -> std::io::Result<String> {
+    let mut stream = raw_tls_connect(addr, cert, bundle_pem).await?;
     stream
         .write_all(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
         .await?;
@@ -279,6 +288,41 @@ pub async fn raw_tls_get(
     stream.read_to_end(&mut response).await?;
     let text = String::from_utf8_lossy(&response);
     Ok(text.lines().next().unwrap_or("").to_owned())
+}
+
+/// The leaf certificate (DER) the server at `addr` presents in a new handshake, made with plain
+/// rustls presenting `cert` and trusting `bundle_pem`.
+pub async fn presented_certificate(
+    addr: SocketAddr,
+    cert: &WorkloadCert,
+    bundle_pem: &str,
+) -> std::io::Result<Vec<u8>> {
+    let stream = raw_tls_connect(addr, Some(cert), bundle_pem).await?;
+    let (_, connection) = stream.get_ref();
+    Ok(connection
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|cert| cert.to_vec())
+        .unwrap_or_default())
+}
+
+/// Waits until a reload succeeds. Files written one after the other may be read between two
+/// writes (a new certificate with the old key), which is refused; the next read takes them all.
+pub async fn rotated(reloads: &mut meshlib::identity::Reloads) {
+    while reloads.next().await.is_err() {}
+}
+
+/// The DER of the first certificate in `pem`.
+pub fn der(pem: &str) -> Vec<u8> {
+    certs(pem).remove(0).to_vec()
+}
+
+/// Replaces the file at `path` with `contents` as deploy tools do: written aside, then renamed.
+pub fn replace_file(path: &Path, contents: &[u8]) {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".new");
+    std::fs::write(&aside, contents).expect("writing a file");
+    std::fs::rename(&aside, path).expect("renaming a file into place");
 }
 
 /// A plain rustls TLS 1.3 server on 127.0.0.1 presenting `cert`, whatever its validity, that
