@@ -1221,4 +1221,125 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn security_settings_parse_and_relative_identity_paths_follow_the_file() {
+        let dir =
+            std::env::temp_dir().join(format!("meshlib-identity-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mesh.toml");
+        std::fs::write(
+            &path,
+            r#"
+            [identity]
+            cert = "certs/reviews.pem"
+            key = "/etc/mesh/reviews-key.pem"
+            bundle = "certs/bundle.pem"
+
+            [services.ratings]
+            identity = "spiffe://cluster.local/ns/default/sa/ratings"
+            discovery = { kind = "static", endpoints = ["127.0.0.1:1"] }
+
+            [servers.reviews]
+            tls = { mode = "strict", handshake_timeout = "2s" }
+
+            [[servers.reviews.authorization]]
+            name = "admins"
+            action = "deny"
+            paths = ["/admin/*"]
+
+            [[servers.reviews.authorization]]
+            action = "allow"
+            identities = ["spiffe://cluster.local/ns/default/*"]
+            methods = ["GET"]
+            sources = ["10.0.0.0/8", "::1"]
+            "#,
+        )
+        .unwrap();
+        let config = MeshConfig::from_file(&path).unwrap();
+        let identity = config.identity.as_ref().unwrap();
+        assert_eq!(identity.cert, dir.join("certs/reviews.pem"));
+        assert_eq!(identity.key, Path::new("/etc/mesh/reviews-key.pem"));
+        assert_eq!(
+            config.services["ratings"]
+                .identity
+                .as_ref()
+                .unwrap()
+                .as_str(),
+            "spiffe://cluster.local/ns/default/sa/ratings"
+        );
+        let server = &config.servers["reviews"];
+        assert_eq!(server.tls.mode, Some(TlsMode::Strict));
+        assert_eq!(server.tls.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(server.authorization.len(), 2);
+        assert_eq!(server.authorization[1].sources.len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn security_errors_name_the_key_and_the_value() {
+        let message = error("[services.r]\nidentity = \"spiffe://a b/x\"\n");
+        assert!(
+            message.starts_with(r#"services.r.identity: "spiffe://a b/x" is not a SPIFFE ID: "#),
+            "{message}"
+        );
+        let message = error("[servers.r]\ntls = { mode = \"mutual\" }\n");
+        assert!(
+            message.starts_with("servers.r.tls.mode: unknown variant `mutual`"),
+            "{message}"
+        );
+        let message = error(
+            "[[servers.r.authorization]]\naction = \"allow\"\nsources = [\"10.0.0.300/8\"]\n",
+        );
+        assert!(
+            message.starts_with(
+                r#"servers.r.authorization[0].sources: "10.0.0.300/8" is not an IP address or CIDR block"#
+            ),
+            "{message}"
+        );
+        let message =
+            error("[[servers.r.authorization]]\naction = \"allow\"\nmethods = [\"get\"]\n");
+        assert!(
+            message
+                .starts_with(r#"servers.r.authorization[0].methods: "get" is not an HTTP method"#),
+            "{message}"
+        );
+        let message =
+            error("[[servers.r.authorization]]\naction = \"allow\"\npaths = [\"admin\"]\n");
+        assert!(
+            message.starts_with(r#"servers.r.authorization[0].paths[0]: "admin" is not a path"#),
+            "{message}"
+        );
+        let message = error("[[servers.r.authorization]]\npaths = [\"/\"]\n");
+        assert!(
+            message.starts_with("servers.r.authorization[0]: missing field `action`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn mtls_settings_without_an_identity_are_refused_when_the_mesh_is_built() {
+        let needs = |toml: &str| {
+            let config = MeshConfig::from_toml(toml).unwrap();
+            config.validate().unwrap_err().to_string()
+        };
+        assert_eq!(
+            needs("[services.r]\nidentity = \"spiffe://cluster.local/ns/a/sa/r\"\n"),
+            "services.r.identity: mTLS to spiffe://cluster.local/ns/a/sa/r needs the mesh's own [identity] to present"
+        );
+        assert_eq!(
+            needs("[servers.r]\ntls = { mode = \"strict\" }\n"),
+            "servers.r.tls.mode: \"strict\" needs the mesh's own [identity] to present"
+        );
+        assert_eq!(
+            needs("[[servers.r.authorization]]\naction = \"allow\"\nidentities = [\"*\"]\n"),
+            "servers.r.authorization[0].identities: can never match: with tls.mode \"disabled\" no peer has an identity"
+        );
+        assert_eq!(
+            needs(
+                "[services.r]\ndiscovery = { kind = \"static\", endpoints = [{ addr = \"127.0.0.1:1\", labels = { identity = \"spiffe://x/y\" } }] }\n"
+            ),
+            "services.r.discovery.endpoints[0].labels.identity: mTLS to spiffe://x/y needs the mesh's own [identity] to present"
+        );
+    }
 }

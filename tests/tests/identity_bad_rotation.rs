@@ -41,7 +41,9 @@ async fn broken_files_are_refused_and_the_old_identity_stays() {
         let expired = pki.ca().request("default", "reviews").expired().issue().unwrap();
         let cert = files.cert.display().to_string();
         let key = files.key.display().to_string();
-        let breakages: [(&str, Vec<(&std::path::Path, &[u8])>, String); 4] = [
+        // What is wrong, the files written (path, contents), and how the error starts.
+        type Writes<'a> = Vec<(&'a std::path::Path, &'a [u8])>;
+        let breakages: [(&str, Writes<'_>, String); 4] = [
             (
                 "not PEM",
                 vec![(&files.cert, b"not a certificate\n")],

@@ -133,7 +133,7 @@ impl Server {
     /// peer into each request's extensions before [`layer`](Self::layer)'s stack sees it:
     ///
     /// ```no_run
-    /// # async fn example(mesh: meshlib::Mesh, listener: tokio::net::TcpListener) -> Result<(), Box<dyn std::error::Error>> {
+    /// # async fn example(mesh: meshlib::Mesh, listener: tokio::net::TcpListener) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     /// # let app = tower::service_fn(|_: http::Request<meshlib::Body>| async {
     /// #     Ok::<_, std::convert::Infallible>(http::Response::new(meshlib::Body::empty()))
     /// # });
