@@ -280,7 +280,7 @@ impl Servers {
                         let (stop_plain, plain_stopped) = oneshot::channel::<()>();
                         let plain_server = tokio::spawn(mesh.server("plain").serve_with_shutdown(
                             plain,
-                            app.clone(),
+                            app,
                             async {
                                 let _ = plain_stopped.await;
                             },
