@@ -71,14 +71,9 @@ impl MeshBuilder {
 
     /// Validates the configuration, reads the identity's files, and builds the mesh.
     pub fn build(self) -> Result<Mesh, Error> {
-        let identity = match (self.identity, &self.config.identity) {
-            (Some(identity), _) => Some(identity),
-            (None, Some(files)) => Some(Identity::from_config(files).map_err(identity_error)?),
-            (None, None) => None,
-        };
         let config = self.config;
         config
-            .validate_with_identity(identity.is_some())
+            .validate_with_identity(self.identity.is_some() || config.identity.is_some())
             .map_err(Error::config)?;
         for (name, service) in &config.services {
             if service.discovery.is_none() && !self.resolvers.contains_key(name) {
@@ -88,6 +83,12 @@ impl MeshBuilder {
                 )));
             }
         }
+        // Read last, so that a configuration error starts no file watcher.
+        let identity = match (self.identity, &config.identity) {
+            (Some(identity), _) => Some(identity),
+            (None, Some(files)) => Some(Identity::from_config(files).map_err(identity_error)?),
+            (None, None) => None,
+        };
         Ok(Mesh {
             inner: Arc::new(Inner {
                 config,
