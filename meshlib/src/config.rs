@@ -17,6 +17,8 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::discovery::{Endpoint, RecordKind};
+use crate::identity::SpiffeId;
+use crate::inbound::AuthorizationRule;
 pub use crate::route::config::{
     FaultConfig, HashKey, HeaderTransform, HeaderTransforms, MirrorConfig, PathMatch, RouteConfig,
     RouteMatch, RouteRetryConfig, SplitConfig, ValueMatch,
@@ -37,6 +39,38 @@ pub struct MeshConfig {
     /// Services this process serves, by name, the name given to `Mesh::server`.
     #[serde(default)]
     pub servers: BTreeMap<String, ServerConfig>,
+    /// This process's workload identity, for mTLS on both sides; none by default (plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityConfig>,
+}
+
+/// Where this process's workload identity is: three PEM files, watched and reloaded when they
+/// change. Relative paths are taken from the configuration file's directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct IdentityConfig {
+    /// The certificate chain, leaf first; the leaf carries the SPIFFE ID as its URI SAN.
+    pub cert: PathBuf,
+    /// The leaf's private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// The trust bundle: CA certificates that peers' certificates must chain to.
+    pub bundle: PathBuf,
+}
+
+impl IdentityConfig {
+    /// The identity in these three files.
+    pub fn new(
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        bundle: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+            bundle: bundle.into(),
+        }
+    }
 }
 
 /// How this process serves one of its own services: the inbound stack around the application.
@@ -47,6 +81,57 @@ pub struct ServerConfig {
     /// Bounds on what the server accepts: `max_requests` in flight (over it, 503 at once) and a
     /// `rate_limit` (over it, 429 at once). Neither by default.
     pub limits: ServerLimitsConfig,
+    /// Whether callers must, may or cannot use mTLS.
+    pub tls: ServerTlsConfig,
+    /// Ordered allow and deny rules; the first rule that matches a request decides. A request no
+    /// rule matches is denied if any rule allows, and allowed if none does (no rules: allow all).
+    pub authorization: Vec<AuthorizationRule>,
+}
+
+/// TLS on a server's connections.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServerTlsConfig {
+    /// Strict, permissive or disabled. Default: permissive when the mesh has an `[identity]`, as
+    /// Istio's default PeerAuthentication; disabled when it has none.
+    pub mode: Option<TlsMode>,
+    /// How long a new connection may take to send its first byte and finish its TLS handshake.
+    /// Default 10 s, as Linkerd's protocol detection timeout.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerTlsConfig {
+    fn default() -> Self {
+        Self {
+            mode: None,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Which callers a server accepts, as Istio's PeerAuthentication modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum TlsMode {
+    /// mTLS only: plaintext connections and TLS clients without a trusted certificate are refused.
+    Strict,
+    /// mTLS and plaintext both; a plaintext caller has no identity.
+    Permissive,
+    /// Plaintext only.
+    Disabled,
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Strict => "strict",
+            Self::Permissive => "permissive",
+            Self::Disabled => "disabled",
+        })
+    }
 }
 
 /// Load the inbound stack sheds before it reaches the application.
@@ -72,6 +157,10 @@ pub struct ServiceConfig {
     pub balancer: BalancerPolicy,
     /// The HTTP version spoken to the endpoints.
     pub protocol: Protocol,
+    /// The SPIFFE ID the service's endpoints must present: set, connections to the service use
+    /// mTLS with the mesh's `[identity]`. An endpoint's `identity` label overrides it. None by
+    /// default (plaintext).
+    pub identity: Option<SpiffeId>,
     /// How long to wait for a TCP connection. Default 1 s, as Linkerd's outbound connect timeout.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -130,6 +219,7 @@ impl Default for ServiceConfig {
             discovery: None,
             balancer: BalancerPolicy::default(),
             protocol: Protocol::default(),
+            identity: None,
             connect_timeout: Duration::from_secs(1),
             discovery_timeout: Duration::from_secs(3),
             pool_idle_timeout: Duration::from_secs(90),
@@ -155,6 +245,10 @@ impl ServiceConfig {
         }
     }
 }
+
+/// The endpoint label that names the SPIFFE ID an endpoint must present, overriding its
+/// service's `identity`.
+pub const IDENTITY_LABEL: &str = "identity";
 
 /// Retries of failed requests.
 ///
@@ -752,7 +846,7 @@ impl MeshConfig {
             .map_err(|error| toml_error(text, String::new(), &error))?;
         let config: Self = serde_path_to_error::deserialize(deserializer)
             .map_err(|error| toml_error(text, key_path(&error), error.inner()))?;
-        config.validate()?;
+        config.validate_parsed()?;
         Ok(config)
     }
 
@@ -767,7 +861,7 @@ impl MeshConfig {
                     format_args!("{inner} (line {}, column {})", inner.line(), inner.column()),
                 )
             })?;
-        config.validate()?;
+        config.validate_parsed()?;
         Ok(config)
     }
 
@@ -800,6 +894,13 @@ impl MeshConfig {
     }
 
     fn resolve_paths(&mut self, dir: &Path) {
+        if let Some(identity) = &mut self.identity {
+            for path in [&mut identity.cert, &mut identity.key, &mut identity.bundle] {
+                if path.is_relative() {
+                    *path = dir.join(&*path);
+                }
+            }
+        }
         for service in self.services.values_mut() {
             if let Some(DiscoveryConfig::File { path }) = &mut service.discovery
                 && path.is_relative()
@@ -811,7 +912,53 @@ impl MeshConfig {
 
     /// Checks every value that parsing alone cannot, naming the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with_identity(self.identity.is_some())
+    }
+
+    /// What parsing checks: everything but whether settings that need the mesh's `[identity]`
+    /// have one, since the identity may be given in code (`MeshBuilder::identity`); building
+    /// the mesh checks that.
+    fn validate_parsed(&self) -> Result<(), ConfigError> {
+        self.validate_with_identity(true)
+    }
+
+    /// [`validate`](Self::validate), where `has_identity` says whether the mesh has an identity
+    /// (from `[identity]` or given in code).
+    pub(crate) fn validate_with_identity(&self, has_identity: bool) -> Result<(), ConfigError> {
+        if let Some(identity) = &self.identity {
+            for (key, path) in [
+                ("identity.cert", &identity.cert),
+                ("identity.key", &identity.key),
+                ("identity.bundle", &identity.bundle),
+            ] {
+                if path.as_os_str().is_empty() {
+                    return Err(ConfigError::new(key, "is empty"));
+                }
+            }
+        }
         for (name, server) in &self.servers {
+            let mode = server.tls.mode.unwrap_or(if has_identity {
+                TlsMode::Permissive
+            } else {
+                TlsMode::Disabled
+            });
+            if mode != TlsMode::Disabled && !has_identity {
+                return Err(ConfigError::new(
+                    format!("servers.{name}.tls.mode"),
+                    format_args!("\"{mode}\" needs the mesh's own [identity] to present"),
+                ));
+            }
+            if server.tls.handshake_timeout.is_zero() {
+                return Err(ConfigError::new(
+                    format!("servers.{name}.tls.handshake_timeout"),
+                    "must be greater than zero",
+                ));
+            }
+            for (i, rule) in server.authorization.iter().enumerate() {
+                rule.validate(mode).map_err(|(key, message)| {
+                    ConfigError::new(format!("servers.{name}.authorization[{i}].{key}"), message)
+                })?;
+            }
             let limits = &server.limits;
             for (key, value) in [
                 ("limits.max_requests", limits.max_requests),
@@ -861,6 +1008,14 @@ impl MeshConfig {
                     self.services.contains_key(service)
                 })?;
             }
+            if let Some(identity) = &service.identity
+                && !has_identity
+            {
+                return Err(ConfigError::new(
+                    at("identity"),
+                    format_args!("mTLS to {identity} needs the mesh's own [identity] to present"),
+                ));
+            }
             match &service.discovery {
                 None => {}
                 Some(DiscoveryConfig::Static { endpoints }) => {
@@ -871,6 +1026,20 @@ impl MeshConfig {
                         ));
                     }
                     for (i, endpoint) in endpoints.iter().enumerate() {
+                        if let Some(identity) = endpoint.labels.get(IDENTITY_LABEL) {
+                            let key =
+                                at(&format!("discovery.endpoints[{i}].labels.{IDENTITY_LABEL}"));
+                            SpiffeId::new(identity)
+                                .map_err(|error| ConfigError::new(&key, error))?;
+                            if !has_identity {
+                                return Err(ConfigError::new(
+                                    key,
+                                    format_args!(
+                                        "mTLS to {identity} needs the mesh's own [identity] to present"
+                                    ),
+                                ));
+                            }
+                        }
                         if endpoint.weight == 0 {
                             return Err(ConfigError::new(
                                 at(&format!("discovery.endpoints[{i}].weight")),
@@ -1098,5 +1267,126 @@ mod tests {
             "{message}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn security_settings_parse_and_relative_identity_paths_follow_the_file() {
+        let dir =
+            std::env::temp_dir().join(format!("meshlib-identity-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mesh.toml");
+        std::fs::write(
+            &path,
+            r#"
+            [identity]
+            cert = "certs/reviews.pem"
+            key = "/etc/mesh/reviews-key.pem"
+            bundle = "certs/bundle.pem"
+
+            [services.ratings]
+            identity = "spiffe://cluster.local/ns/default/sa/ratings"
+            discovery = { kind = "static", endpoints = ["127.0.0.1:1"] }
+
+            [servers.reviews]
+            tls = { mode = "strict", handshake_timeout = "2s" }
+
+            [[servers.reviews.authorization]]
+            name = "admins"
+            action = "deny"
+            paths = ["/admin/*"]
+
+            [[servers.reviews.authorization]]
+            action = "allow"
+            identities = ["spiffe://cluster.local/ns/default/*"]
+            methods = ["GET"]
+            sources = ["10.0.0.0/8", "::1"]
+            "#,
+        )
+        .unwrap();
+        let config = MeshConfig::from_file(&path).unwrap();
+        let identity = config.identity.as_ref().unwrap();
+        assert_eq!(identity.cert, dir.join("certs/reviews.pem"));
+        assert_eq!(identity.key, Path::new("/etc/mesh/reviews-key.pem"));
+        assert_eq!(
+            config.services["ratings"]
+                .identity
+                .as_ref()
+                .unwrap()
+                .as_str(),
+            "spiffe://cluster.local/ns/default/sa/ratings"
+        );
+        let server = &config.servers["reviews"];
+        assert_eq!(server.tls.mode, Some(TlsMode::Strict));
+        assert_eq!(server.tls.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(server.authorization.len(), 2);
+        assert_eq!(server.authorization[1].sources.len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn security_errors_name_the_key_and_the_value() {
+        let message = error("[services.r]\nidentity = \"spiffe://a b/x\"\n");
+        assert!(
+            message.starts_with(r#"services.r.identity: "spiffe://a b/x" is not a SPIFFE ID: "#),
+            "{message}"
+        );
+        let message = error("[servers.r]\ntls = { mode = \"mutual\" }\n");
+        assert!(
+            message.starts_with("servers.r.tls.mode: unknown variant `mutual`"),
+            "{message}"
+        );
+        let message = error(
+            "[[servers.r.authorization]]\naction = \"allow\"\nsources = [\"10.0.0.300/8\"]\n",
+        );
+        assert!(
+            message.starts_with(
+                r#"servers.r.authorization[0].sources: "10.0.0.300/8" is not an IP address or CIDR block"#
+            ),
+            "{message}"
+        );
+        let message =
+            error("[[servers.r.authorization]]\naction = \"allow\"\nmethods = [\"get\"]\n");
+        assert!(
+            message
+                .starts_with(r#"servers.r.authorization[0].methods: "get" is not an HTTP method"#),
+            "{message}"
+        );
+        let message =
+            error("[[servers.r.authorization]]\naction = \"allow\"\npaths = [\"admin\"]\n");
+        assert!(
+            message.starts_with(r#"servers.r.authorization[0].paths[0]: "admin" is not a path"#),
+            "{message}"
+        );
+        let message = error("[[servers.r.authorization]]\npaths = [\"/\"]\n");
+        assert!(
+            message.starts_with("servers.r.authorization[0]: missing field `action`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn mtls_settings_without_an_identity_are_refused_when_the_mesh_is_built() {
+        let needs = |toml: &str| {
+            let config = MeshConfig::from_toml(toml).unwrap();
+            config.validate().unwrap_err().to_string()
+        };
+        assert_eq!(
+            needs("[services.r]\nidentity = \"spiffe://cluster.local/ns/a/sa/r\"\n"),
+            "services.r.identity: mTLS to spiffe://cluster.local/ns/a/sa/r needs the mesh's own [identity] to present"
+        );
+        assert_eq!(
+            needs("[servers.r]\ntls = { mode = \"strict\" }\n"),
+            "servers.r.tls.mode: \"strict\" needs the mesh's own [identity] to present"
+        );
+        assert_eq!(
+            needs("[[servers.r.authorization]]\naction = \"allow\"\nidentities = [\"*\"]\n"),
+            "servers.r.authorization[0].identities: can never match: with tls.mode \"disabled\" no peer has an identity"
+        );
+        assert_eq!(
+            needs(
+                "[services.r]\ndiscovery = { kind = \"static\", endpoints = [{ addr = \"127.0.0.1:1\", labels = { identity = \"spiffe://x/y\" } }] }\n"
+            ),
+            "services.r.discovery.endpoints[0].labels.identity: mTLS to spiffe://x/y needs the mesh's own [identity] to present"
+        );
     }
 }

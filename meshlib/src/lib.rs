@@ -36,6 +36,7 @@ mod error;
 pub mod health;
 mod hedge;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod limit;
 mod mesh;

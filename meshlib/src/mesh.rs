@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use crate::config::{ConfigError, DiscoveryConfig, MeshConfig, ServiceConfig};
 use crate::discovery::{DnsResolver, FileRegistry, Resolver, StaticResolver};
 use crate::http::HttpClient;
+use crate::identity::{Identity, IdentityError};
 use crate::{Error, outbound};
 
 /// The mesh as one process sees it: built once, it hands out clients for destination services.
@@ -21,6 +22,7 @@ pub struct Mesh {
 
 struct Inner {
     config: ArcSwap<MeshConfig>,
+    identity: Option<Identity>,
     resolvers: HashMap<String, Arc<dyn Resolver>>,
     registries: Mutex<HashMap<PathBuf, FileRegistry>>,
     /// Every client handed out, by service; also what a reload reconfigures.
@@ -76,6 +78,7 @@ impl fmt::Debug for Mesh {
 pub struct MeshBuilder {
     config: MeshConfig,
     resolvers: HashMap<String, Arc<dyn Resolver>>,
+    identity: Option<Identity>,
 }
 
 impl fmt::Debug for MeshBuilder {
@@ -83,6 +86,7 @@ impl fmt::Debug for MeshBuilder {
         f.debug_struct("MeshBuilder")
             .field("config", &self.config)
             .field("resolvers", &self.resolvers.keys())
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -97,12 +101,28 @@ impl MeshBuilder {
         self
     }
 
-    /// Validates the configuration and builds the mesh.
+    /// Uses `identity` as this process's workload identity instead of the files `[identity]`
+    /// names (for an identity from PEM given in code, or one shared by several meshes).
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Validates the configuration, reads the identity's files, and builds the mesh.
     pub fn build(self) -> Result<Mesh, Error> {
-        check(&self.config, &self.resolvers)?;
+        let has_identity = self.identity.is_some() || self.config.identity.is_some();
+        check(&self.config, &self.resolvers, has_identity)?;
+        let config = self.config;
+        // Read last, so that a configuration error starts no file watcher.
+        let identity = match (self.identity, &config.identity) {
+            (Some(identity), _) => Some(identity),
+            (None, Some(files)) => Some(Identity::from_config(files).map_err(identity_error)?),
+            (None, None) => None,
+        };
         Ok(Mesh {
             inner: Arc::new(Inner {
-                config: ArcSwap::from_pointee(self.config),
+                config: ArcSwap::from_pointee(config),
+                identity,
                 resolvers: self.resolvers,
                 registries: Mutex::default(),
                 clients: Mutex::default(),
@@ -113,8 +133,14 @@ impl MeshBuilder {
 }
 
 /// Validation, plus what only the mesh can check: that every service can be discovered.
-fn check(config: &MeshConfig, resolvers: &HashMap<String, Arc<dyn Resolver>>) -> Result<(), Error> {
-    config.validate().map_err(Error::config)?;
+fn check(
+    config: &MeshConfig,
+    resolvers: &HashMap<String, Arc<dyn Resolver>>,
+    has_identity: bool,
+) -> Result<(), Error> {
+    config
+        .validate_with_identity(has_identity)
+        .map_err(Error::config)?;
     for (name, service) in &config.services {
         if service.discovery.is_none() && !resolvers.contains_key(name) {
             return Err(Error::config(ConfigError::new(
@@ -132,6 +158,7 @@ impl Mesh {
         MeshBuilder {
             config,
             resolvers: HashMap::new(),
+            identity: None,
         }
     }
 
@@ -174,7 +201,11 @@ impl Mesh {
     /// one, and each service keeps its endpoints, load estimates and connections unless the
     /// settings they depend on changed.
     pub fn reload(&self, config: MeshConfig) -> Result<(), Error> {
-        check(&config, &self.inner.resolvers)?;
+        check(
+            &config,
+            &self.inner.resolvers,
+            self.inner.identity.is_some(),
+        )?;
         let clients = self
             .inner
             .clients
@@ -190,10 +221,17 @@ impl Mesh {
             if old.services.get(name) == Some(service) && old.zone == config.zone {
                 continue;
             }
-            client.reconfigure(service, config.zone.as_deref(), self.handle(), || {
-                self.resolver(name, service)
-                    .map(|resolver| resolver.resolve(name))
-            })?;
+            let identity = self.inner.identity.as_ref();
+            client.reconfigure(
+                service,
+                config.zone.as_deref(),
+                identity,
+                self.handle(),
+                || {
+                    self.resolver(name, service)
+                        .map(|resolver| resolver.resolve(name))
+                },
+            )?;
             changed.push(name.as_str());
         }
         self.inner.config.store(Arc::new(config));
@@ -203,6 +241,11 @@ impl Mesh {
 
     fn handle(&self) -> MeshHandle {
         MeshHandle(Arc::downgrade(&self.inner))
+    }
+
+    /// This process's workload identity, when it has one.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.inner.identity.as_ref()
     }
 
     /// The HTTP client for `service`, created on first use.
@@ -227,6 +270,7 @@ impl Mesh {
             service,
             config,
             mesh.zone.as_deref(),
+            self.inner.identity.as_ref(),
             changes,
             self.handle(),
         );
@@ -245,7 +289,7 @@ impl Mesh {
             .get(name)
             .cloned()
             .unwrap_or_default();
-        crate::inbound::Server::new(name, config)
+        crate::inbound::Server::new(name, config, self.inner.identity.as_ref())
     }
 
     fn resolver(&self, service: &str, config: &ServiceConfig) -> Result<Arc<dyn Resolver>, Error> {
@@ -327,4 +371,12 @@ async fn follow(path: PathBuf, mesh: MeshHandle) {
             }
         }
     }
+}
+
+/// An identity that cannot be loaded, as a configuration error at the key naming its file.
+fn identity_error(error: IdentityError) -> Error {
+    Error::config(ConfigError::new(
+        format!("identity.{}", error.part().key()),
+        error,
+    ))
 }

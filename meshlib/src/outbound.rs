@@ -12,6 +12,7 @@ use crate::discovery::Changes;
 use crate::health;
 use crate::hedge::{Hedge, HedgeLayer};
 use crate::http::{Endpoints, HttpClient};
+use crate::identity::Identity;
 use crate::limit::{Limit, LimitLayer};
 use crate::mesh::MeshHandle;
 use crate::retry::{Retry, RetryLayer};
@@ -26,11 +27,12 @@ pub(crate) fn http(
     service: &str,
     config: &ServiceConfig,
     zone: Option<&str>,
+    identity: Option<&Identity>,
     changes: Changes,
     mesh: MeshHandle,
 ) -> HttpClient {
     let service: Arc<str> = service.into();
-    let endpoints = ServiceEndpoints::start(&service, config, zone, changes);
+    let endpoints = ServiceEndpoints::start(&service, config, zone, identity, changes);
     let stack = stack(&service, config, &endpoints, &mesh);
     HttpClient::new(&service, endpoints, stack)
 }
@@ -48,8 +50,9 @@ pub(crate) fn http(
 /// 6. hedge (if configured): send a backup of a slow idempotent attempt, under its own budget;
 /// 7. endpoints: pick an endpoint of the subset among those ready (discovered, healthy, breaker
 ///    closed, under their own limit), in the caller's zone when enough are, by the balancer's
-///    policy; send the request over a pooled connection announcing the time left; classify the
-///    answer once and feed that class to the endpoint's load and breaker.
+///    policy; send the request over a pooled connection (mTLS when the endpoint must present an
+///    identity) announcing the time left; classify the answer once and feed that class to the
+///    endpoint's load and breaker.
 pub(crate) fn stack(
     service: &Arc<str>,
     config: &ServiceConfig,
@@ -96,6 +99,7 @@ impl ServiceEndpoints {
         service: &Arc<str>,
         config: &ServiceConfig,
         zone: Option<&str>,
+        identity: Option<&Identity>,
         changes: Changes,
     ) -> Self {
         let classifier = Arc::new(Classifier::with_retryable_statuses(
@@ -110,7 +114,13 @@ impl ServiceEndpoints {
         if let Some(health) = &config.health {
             tasks.push(AbortOnDrop(health::spawn(&balancer, health.clone())));
         }
-        let endpoints = Endpoints::new(service, config, balancer.clone(), Arc::clone(&classifier));
+        let endpoints = Endpoints::new(
+            service,
+            config,
+            balancer.clone(),
+            Arc::clone(&classifier),
+            identity,
+        );
         Self {
             config: config.clone(),
             zone: zone.map(str::to_owned),

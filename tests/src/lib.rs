@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod dns;
+pub mod mtls;
 pub mod server;
 
 pub use app::AppServer;

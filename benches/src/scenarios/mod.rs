@@ -6,6 +6,7 @@
 //! data-structure benchmark). To add one, write its module and add an entry to [`ALL`].
 
 mod lb_scale;
+mod mtls;
 mod overhead;
 mod routing;
 mod slow_endpoint;
@@ -44,6 +45,11 @@ pub const ALL: &[Scenario] = &[
         name: "routing",
         about: "a 20-route table with a weighted split vs the same mesh client without routes",
         run: routing::run,
+    },
+    Scenario {
+        name: "mtls",
+        about: "plaintext vs mTLS client/server pairs on warm connections, plus handshakes per second",
+        run: mtls::run,
     },
 ];
 

@@ -11,6 +11,7 @@ use crate::Error;
 use crate::balance::Balancer;
 use crate::config::ServiceConfig;
 use crate::discovery::Changes;
+use crate::identity::Identity;
 use crate::mesh::MeshHandle;
 use crate::outbound::{self, ServiceEndpoints, Stack};
 
@@ -93,6 +94,7 @@ impl HttpClient {
         &self,
         config: &ServiceConfig,
         zone: Option<&str>,
+        identity: Option<&Identity>,
         mesh: MeshHandle,
         changes: impl FnOnce() -> Result<Changes, Error>,
     ) -> Result<(), Error> {
@@ -102,7 +104,8 @@ impl HttpClient {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if endpoints.must_restart(config, zone) {
-            *endpoints = ServiceEndpoints::start(&shared.service, config, zone, changes()?);
+            *endpoints =
+                ServiceEndpoints::start(&shared.service, config, zone, identity, changes()?);
         }
         let stack = outbound::stack(&shared.service, config, &endpoints, &mesh);
         shared.stack.store(Arc::new(stack));

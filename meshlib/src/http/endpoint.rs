@@ -11,16 +11,17 @@ use http::header::HOST;
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
+use super::connect::Connector;
 use super::{Body, ResponseFuture};
 use crate::Error;
 use crate::balance::{BalancedEndpoint, Balancer, Target, Unavailable};
 use crate::classify::Classifier;
 use crate::config::{Protocol, ServiceConfig};
 use crate::deadline::Deadline;
+use crate::identity::Identity;
 use crate::route::Routed;
 
 /// What the retry layer tells the endpoint layer about one attempt, as a request extension.
@@ -46,7 +47,7 @@ struct Inner {
     service: Arc<str>,
     balancer: Balancer,
     classifier: Arc<Classifier>,
-    client: Client<HttpConnector, Body>,
+    client: Client<Connector, Body>,
     discovery_timeout: Duration,
     max_pending: u32,
     /// Requests waiting for discovery to produce an endpoint.
@@ -59,10 +60,9 @@ impl Endpoints {
         config: &ServiceConfig,
         balancer: Balancer,
         classifier: Arc<Classifier>,
+        identity: Option<&Identity>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
+        let connector = Connector::new(service, config, identity, balancer.clone());
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())

@@ -2,6 +2,7 @@
 
 mod body;
 mod client;
+mod connect;
 mod endpoint;
 
 use std::future::Future;

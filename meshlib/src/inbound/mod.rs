@@ -2,13 +2,18 @@
 //! it, assembled in one place.
 //!
 //! `mesh.server("reviews")` gives the [`Server`] for one of the process's own services. It
-//! accepts connections (HTTP/1.1 and HTTP/2), records who the peer is, sheds load over the
-//! configured limits with a response the caller understands (429 over the rate limit, 503 over
-//! the concurrency limit, both before the application does any work), makes the caller's
-//! deadline the current one for the handler's own outbound calls, and then calls the
-//! application: any tower service for `http::Request<meshlib::Body>`, such as an axum `Router`.
+//! accepts connections (HTTP/1.1 and HTTP/2), terminates mTLS as its mode says and records who the
+//! peer is (address and SPIFFE ID), refuses what the authorization policy denies (403), sheds
+//! load over the configured limits with a response the caller understands (429 over the rate
+//! limit, 503 over the concurrency limit), makes the caller's deadline the current one for the
+//! handler's own outbound calls, and then calls the application: any tower service for
+//! `http::Request<meshlib::Body>`, such as an axum `Router`. Refusals happen before the
+//! application does any work, and authorization before the limits, so that callers who may not
+//! call cannot spend the quota of those who may.
 
+mod authz;
 mod limit;
+mod tls;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -23,14 +28,20 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceBuilder;
 
+pub use self::authz::{
+    AuthorizationAction, AuthorizationRule, Authorize, AuthorizeLayer, IdentityPattern, PathPattern,
+};
 pub use self::limit::{ServerLimit, ServerLimitLayer};
-use crate::config::ServerConfig;
+use self::tls::Terminate;
+pub use self::tls::{AcceptError, Accepted, ServerStream};
+use crate::config::{ServerConfig, TlsMode};
 use crate::deadline::DeadlineLayer;
 use crate::error::BoxError;
 use crate::http::Body;
+use crate::identity::{Identity, SpiffeId};
 
 /// Who sent a request, as a request extension the application can read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +49,20 @@ use crate::http::Body;
 pub struct Peer {
     /// The address the connection came from.
     pub addr: SocketAddr,
+    /// The SPIFFE ID the peer proved with its client certificate; `None` for plaintext
+    /// connections and TLS clients without a certificate (permissive mode).
+    pub identity: Option<SpiffeId>,
+}
+
+impl Peer {
+    /// A peer at `addr` without an identity, for applications with an accept loop of their own
+    /// that serve plaintext.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            identity: None,
+        }
+    }
 }
 
 /// The inbound side of one of this process's services.
@@ -45,24 +70,33 @@ pub struct Peer {
 pub struct Server {
     name: Arc<str>,
     config: ServerConfig,
+    terminate: Terminate,
 }
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("name", &self.name)
+            .field("tls", &self.terminate.mode())
             .finish_non_exhaustive()
     }
 }
 
 /// The inbound layers around an application, outermost first (see [`Server::layer`]).
-pub type Inbound<S> = ServerLimit<crate::deadline::DeadlineService<App<S>>>;
+pub type Inbound<S> = Authorize<ServerLimit<crate::deadline::DeadlineService<App<S>>>>;
 
 impl Server {
-    pub(crate) fn new(name: &str, config: ServerConfig) -> Self {
+    pub(crate) fn new(name: &str, config: ServerConfig, identity: Option<&Identity>) -> Self {
+        let name: Arc<str> = name.into();
+        let mode = config.tls.mode.unwrap_or(match identity {
+            Some(_) => TlsMode::Permissive,
+            None => TlsMode::Disabled,
+        });
+        let terminate = Terminate::new(&name, mode, identity, config.tls.handshake_timeout);
         Self {
-            name: name.into(),
+            name,
             config,
+            terminate,
         }
     }
 
@@ -71,18 +105,62 @@ impl Server {
         &self.name
     }
 
-    /// The inbound stack around `app`, outermost first:
+    /// Which callers the server accepts: strict (mTLS only), permissive (mTLS and plaintext) or
+    /// disabled (plaintext only).
+    pub fn tls_mode(&self) -> TlsMode {
+        self.terminate.mode()
+    }
+
+    /// The inbound stack around `app`, outermost first. TLS termination and the peer's identity
+    /// come before it, per connection (see [`Server::accept`]); then, per request:
     ///
-    /// 1. limits: over the rate limit, 429; over the concurrency limit, 503; the application
-    ///    never sees either;
-    /// 2. deadline: the caller's `x-mesh-timeout-ms` becomes the current deadline, which the
+    /// 1. authorization: the first matching rule allows or denies; denied, 403 with the rule's
+    ///    name, and the application never sees the request;
+    /// 2. limits: over the rate limit, 429; over the concurrency limit, 503;
+    /// 3. deadline: the caller's `x-mesh-timeout-ms` becomes the current deadline, which the
     ///    handler's own meshlib calls respect;
-    /// 3. the application, its response body carried as a [`Body`].
+    /// 4. the application, its response body carried as a [`Body`].
     pub fn layer<S>(&self, app: S) -> Inbound<S> {
         ServiceBuilder::new()
+            .layer(AuthorizeLayer::new(&self.name, &self.config.authorization))
             .layer(ServerLimitLayer::new(&self.name, &self.config.limits))
             .layer(DeadlineLayer)
             .service(App { inner: app })
+    }
+
+    /// Terminates TLS on a connection accepted by an accept loop of the application's own, as
+    /// the server's mode says, and tells who the peer is. Serve HTTP on the stream and insert the
+    /// peer into each request's extensions before [`layer`](Self::layer)'s stack sees it:
+    ///
+    /// ```no_run
+    /// # async fn example(mesh: meshlib::Mesh, listener: tokio::net::TcpListener) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// # let app = tower::service_fn(|_: http::Request<meshlib::Body>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(meshlib::Body::empty()))
+    /// # });
+    /// let server = mesh.server("reviews");
+    /// let stack = server.layer(app);
+    /// let (stream, _) = listener.accept().await?;
+    /// let accepted = server.accept(stream).await?;
+    /// let peer = accepted.peer;
+    /// let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+    ///     let mut request = request.map(meshlib::Body::from);
+    ///     request.extensions_mut().insert(peer.clone());
+    ///     tower_service::Service::call(&mut stack.clone(), request)
+    /// });
+    /// hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+    ///     .serve_connection(hyper_util::rt::TokioIo::new(accepted.stream), service)
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// A refused connection's error wraps an [`AcceptError`] saying why.
+    pub async fn accept(&self, stream: TcpStream) -> Result<Accepted, std::io::Error> {
+        let addr = stream.peer_addr()?;
+        self.terminate
+            .accept(stream, addr)
+            .await
+            .map_err(std::io::Error::other)
     }
 
     /// Serves `app` on `listener` until the task is dropped.
@@ -100,6 +178,10 @@ impl Server {
 
     /// Serves `app` on `listener` until `shutdown` completes, then stops accepting and waits for
     /// the requests in progress to finish.
+    ///
+    /// Each connection's TLS handshake runs in the connection's own task, so a slow or silent
+    /// client delays nobody else. Refused connections (plaintext in strict mode, failed
+    /// handshakes) are logged at `debug` with the peer and the reason.
     pub async fn serve_with_shutdown<S, B>(
         self,
         listener: TcpListener,
@@ -132,20 +214,27 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let stack = stack.clone();
-            let peer = Peer { addr };
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let mut stack = stack.clone();
-                let mut request = request.map(Body::from);
-                request.extensions_mut().insert(peer.clone());
-                async move { tower_service::Service::call(&mut stack, request).await }
-            });
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let connection = graceful.watch(connection);
+            let builder = builder.clone();
+            let terminate = self.terminate.clone();
+            let watcher = graceful.watcher();
             let name = Arc::clone(&self.name);
             tokio::spawn(async move {
-                if let Err(error) = connection.await {
+                let Accepted { stream, peer } = match terminate.accept(stream, addr).await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::debug!(server = %name, %addr, %error, "connection refused");
+                        return;
+                    }
+                };
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let mut stack = stack.clone();
+                    let mut request = request.map(Body::from);
+                    request.extensions_mut().insert(peer.clone());
+                    async move { tower_service::Service::call(&mut stack, request).await }
+                });
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(error) = watcher.watch(connection.into_owned()).await {
                     tracing::debug!(server = %name, %addr, %error, "connection ended with an error");
                 }
             });
