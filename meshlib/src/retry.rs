@@ -221,11 +221,23 @@ fn attempt(
     avoid: Vec<std::net::SocketAddr>,
 ) -> Attempt {
     let per_try = per_try_timeout.map(Deadline::after);
-    let deadline = match (deadline, per_try) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    Attempt { deadline, avoid }
+    match (deadline, per_try) {
+        (Some(request), Some(attempt)) if attempt < request => Attempt {
+            deadline: Some(attempt),
+            per_try: true,
+            avoid,
+        },
+        (None, Some(attempt)) => Attempt {
+            deadline: Some(attempt),
+            per_try: true,
+            avoid,
+        },
+        (request, _) => Attempt {
+            deadline: request,
+            per_try: false,
+            avoid,
+        },
+    }
 }
 
 fn is_idempotent(method: &Method) -> bool {

@@ -47,6 +47,8 @@ struct Estimate {
     rtt_ns: f64,
     success: f64,
     updated: Instant,
+    /// Whether `rtt_ns` still holds the default rather than anything the endpoint did.
+    guessed: bool,
 }
 
 impl Estimate {
@@ -63,16 +65,26 @@ impl Estimate {
 }
 
 impl Load {
-    pub(crate) fn new(config: &LoadConfig) -> Self {
+    /// A load that starts from `typical` latency, the current estimate of the endpoint's peers,
+    /// or from the configured default when no peer has answered yet.
+    pub(crate) fn new(config: &LoadConfig, typical: Option<Duration>) -> Self {
         Self {
             pending: AtomicU32::new(0),
             estimate: Mutex::new(Estimate {
-                rtt_ns: nanos(config.default_rtt),
+                rtt_ns: nanos(typical.unwrap_or(config.default_rtt)),
                 success: 1.0,
                 updated: Instant::now(),
+                guessed: true,
             }),
             decay_ns: nanos(config.decay).max(1.0),
         }
+    }
+
+    /// The latency estimate, if the endpoint has answered at all.
+    pub(crate) fn observed(&self, now: Instant) -> Option<Duration> {
+        let (rtt, _) = self.snapshot(now);
+        let estimate = self.estimate.lock().unwrap_or_else(PoisonError::into_inner);
+        (!estimate.guessed).then_some(rtt)
     }
 
     /// Requests sent and not yet answered.
@@ -105,9 +117,11 @@ impl Load {
         let rtt = nanos(now.saturating_duration_since(sent_at));
         let mut estimate = self.estimate.lock().unwrap_or_else(PoisonError::into_inner);
         let keep = estimate.age(now, self.decay_ns);
+        // The first answer replaces the default outright: blended in, a 1 ms endpoint would
+        // look like a 30 ms one for most of the decay period and lose to a slow one. After that,
         // Peak: a slower observation replaces the estimate at once; a faster one is blended in by
         // how much time has passed since the last update.
-        estimate.rtt_ns = if rtt > estimate.rtt_ns {
+        estimate.rtt_ns = if std::mem::take(&mut estimate.guessed) || rtt > estimate.rtt_ns {
             rtt
         } else {
             estimate.rtt_ns * keep + rtt * (1.0 - keep)

@@ -122,7 +122,12 @@ impl fmt::Debug for Balancer {
 }
 
 impl BalancedEndpoint {
-    fn new(endpoint: Endpoint, load: &LoadConfig, status: &Arc<Status>) -> Self {
+    fn new(
+        endpoint: Endpoint,
+        load: &LoadConfig,
+        typical: Option<Duration>,
+        status: &Arc<Status>,
+    ) -> Self {
         let authority = Authority::try_from(endpoint.addr().to_string())
             .expect("a socket address is a valid URI authority");
         if status.health_checked {
@@ -131,7 +136,7 @@ impl BalancedEndpoint {
         Self {
             endpoint,
             authority,
-            load: Load::new(load),
+            load: Load::new(load, typical),
             breaker: Breaker::new(),
             health: Health::new(status.health_checked),
             out: AtomicU8::new(0),
@@ -591,6 +596,16 @@ impl Balancer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut removed = Vec::new();
+        // A new endpoint starts from its peers' typical latency: from the default instead, it
+        // would look 30 ms slow next to 1 ms peers and get no traffic until that faded, tens of
+        // seconds later.
+        let now = Instant::now();
+        let observed: Vec<Duration> = by_addr
+            .values()
+            .filter_map(|e| e.load.observed(now))
+            .collect();
+        let typical = (!observed.is_empty())
+            .then(|| observed.iter().sum::<Duration>() / observed.len() as u32);
         let insert = |by_addr: &mut HashMap<SocketAddr, Arc<BalancedEndpoint>>,
                       removed: &mut Vec<Arc<BalancedEndpoint>>,
                       endpoint: Endpoint| {
@@ -598,7 +613,12 @@ impl Balancer {
                 // Unchanged: keep its load estimates, breaker and health.
                 Some(existing) if existing.endpoint == endpoint => {}
                 _ => {
-                    let new = Arc::new(BalancedEndpoint::new(endpoint, &shared.load, status));
+                    let new = Arc::new(BalancedEndpoint::new(
+                        endpoint,
+                        &shared.load,
+                        typical,
+                        status,
+                    ));
                     if let Some(old) = by_addr.insert(new.endpoint.addr(), new) {
                         removed.push(old);
                     }

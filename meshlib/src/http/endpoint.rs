@@ -29,6 +29,10 @@ use crate::route::Routed;
 pub(crate) struct Attempt {
     /// When this attempt must be answered: the request's deadline or its per-try timeout.
     pub(crate) deadline: Option<Deadline>,
+    /// Whether the per-try timeout, sooner than the request's deadline, set `deadline`: only
+    /// then does this layer cut the attempt off (and count that against the endpoint); the
+    /// request's own deadline is the timeout layer's to enforce.
+    pub(crate) per_try: bool,
     /// Endpoints earlier attempts went to; another is preferred when one is ready.
     pub(crate) avoid: Vec<SocketAddr>,
 }
@@ -134,7 +138,7 @@ impl Inner {
         let addr = endpoint.endpoint().addr();
         let in_flight = endpoint.start();
         let sent = self.client.request(request);
-        let result = match attempt.deadline {
+        let result = match attempt.deadline.filter(|_| attempt.per_try) {
             None => sent.await,
             Some(deadline) => {
                 let allowed = deadline.remaining();
