@@ -346,9 +346,10 @@ impl Mesh {
 /// Follows the configuration file at `path`, reloading the mesh on each valid edit.
 async fn follow(path: PathBuf, mesh: MeshHandle) {
     let mut watch = crate::watch::FileWatch::new(path.clone());
-    // The first report comes at once, for the file the mesh was just built from.
-    watch.changed().await;
     loop {
+        // The first report comes at once, when the watch is set up. The file is read then too:
+        // an edit made since the mesh read it (before the watch existed) made no event, and
+        // would otherwise wait for the periodic read. An unchanged file is a no-op below.
         watch.changed().await;
         let Some(inner) = mesh.0.upgrade() else {
             return;

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod dns;
 pub mod mtls;
+pub mod routing;
 pub mod server;
 
 pub use app::AppServer;

@@ -387,16 +387,25 @@ struct Group {
     ring: Vec<(u64, u32)>,
 }
 
-/// Ring points per endpoint are chosen so that the ring has at least this many (Envoy's
-/// `minimum_ring_size`), which keeps the keys' spread even with few endpoints.
-const MIN_RING_SIZE: usize = 1024;
+/// Ring points per unit of endpoint weight. The number does not depend on the other endpoints,
+/// so an endpoint keeps its points (and its keys) when others come and go, and only the keys of
+/// the endpoint that came or went move: 1/N of them. (Sizing the ring to a minimum total, as
+/// Envoy's `minimum_ring_size` does, gives every endpoint more points when one leaves, and those
+/// take keys from the others too: about a third of the keys moved when one of five left.)
+/// 256 points keep each endpoint's share of the keys within a few percent of its weight.
+const POINTS_PER_WEIGHT: usize = 256;
+
+/// The ring's size limit: past 64 endpoints of weight 1 each gets fewer points, so that a large
+/// service's ring stays small (256 KiB); a change then also moves the ~1/N of keys whose points
+/// it adds or removes elsewhere.
+const MAX_RING_SIZE: usize = 16_384;
 
 impl Group {
     fn new(endpoints: Vec<Arc<BalancedEndpoint>>, ring: bool) -> Self {
         let mut points = Vec::new();
         if ring && !endpoints.is_empty() {
             let total_weight: usize = endpoints.iter().map(|e| e.endpoint.weight() as usize).sum();
-            let per_weight = MIN_RING_SIZE.div_ceil(total_weight).max(1);
+            let per_weight = (MAX_RING_SIZE / total_weight.max(1)).clamp(1, POINTS_PER_WEIGHT);
             for (index, endpoint) in endpoints.iter().enumerate() {
                 let name = endpoint.authority.as_str().as_bytes();
                 for replica in 0..per_weight * endpoint.endpoint.weight() as usize {

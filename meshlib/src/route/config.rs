@@ -365,3 +365,151 @@ fn check_regex(pattern: &str, at: &str) -> Result<(), ConfigError> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::MeshConfig;
+
+    /// The error for a `reviews` service whose routes are `routes` (TOML after the service's
+    /// table), with a `ratings` service to mirror to.
+    fn error(routes: &str) -> String {
+        let text = format!(
+            "[services.ratings]\ndiscovery = {{ kind = \"static\", endpoints = [\"127.0.0.1:1\"] }}\n\
+             [services.reviews]\ndiscovery = {{ kind = \"static\", endpoints = [\"127.0.0.1:2\"] }}\n\
+             [[services.reviews.routes]]\n\
+             {routes}"
+        );
+        MeshConfig::from_toml(&text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn route_errors_name_the_route_the_key_and_the_value() {
+        for (routes, expected) in [
+            (
+                "split = [{ subset = { version = \"v1\" }, weight = 0 }]",
+                "services.reviews.routes[0].split: weights sum to 0",
+            ),
+            (
+                "[[services.reviews.routes]]\nsplit = [{ weight = 0 }, { weight = 0 }]",
+                "services.reviews.routes[1].split: weights sum to 0",
+            ),
+            (
+                "match = { path = { regex = \"/r/(\" } }",
+                "services.reviews.routes[0].match.path.regex: \"/r/(\" is not a valid regular expression",
+            ),
+            (
+                "match = { headers = { x-v = { regex = \"[\" } } }",
+                "services.reviews.routes[0].match.headers.x-v.regex: \"[\" is not a valid regular expression",
+            ),
+            (
+                "match = { query = { q = { regex = \"*\" } } }",
+                "services.reviews.routes[0].match.query.q.regex: \"*\" is not a valid regular expression",
+            ),
+            (
+                "match = { method = \"GE T\" }",
+                "services.reviews.routes[0].match.method: \"GE T\" is not a method",
+            ),
+            (
+                "match = { path = { prefix = \"api\" } }",
+                "services.reviews.routes[0].match.path: \"api\" does not start with /",
+            ),
+            (
+                "match = { path = { exact = \"/a\" } }\nprefix_rewrite = \"/b\"",
+                "services.reviews.routes[0].prefix_rewrite: needs a `match.path.prefix` to replace",
+            ),
+            (
+                "match = { path = { prefix = \"/a\" } }\nprefix_rewrite = \"b\"",
+                "services.reviews.routes[0].prefix_rewrite: \"b\" does not start with /",
+            ),
+            (
+                "fault = { abort = 503, abort_percent = 101 }",
+                "services.reviews.routes[0].fault.abort_percent: 101 is not between 0 and 100",
+            ),
+            (
+                "fault = { delay = \"1s\", delay_percent = -1 }",
+                "services.reviews.routes[0].fault.delay_percent: -1 is not between 0 and 100",
+            ),
+            (
+                "fault = { abort = 42 }",
+                "services.reviews.routes[0].fault.abort: 42 is not an HTTP status",
+            ),
+            (
+                "mirror = { service = \"shadow\" }",
+                "services.reviews.routes[0].mirror.service: \"shadow\" is not a configured service",
+            ),
+            (
+                "mirror = { service = \"ratings\", percent = 150 }",
+                "services.reviews.routes[0].mirror.percent: 150 is not between 0 and 100",
+            ),
+            (
+                "retry = { max_attempts = 0 }",
+                "services.reviews.routes[0].retry.max_attempts: 0 attempts would send nothing",
+            ),
+            (
+                "headers = { request = { set = { \"bad name\" = \"x\" } } }",
+                "services.reviews.routes[0].headers.request: \"bad name\" is not a header name",
+            ),
+            (
+                "headers = { response = { add = { x-a = \"line\\nbreak\" } } }",
+                "services.reviews.routes[0].headers.response.x-a: \"line\\nbreak\" is not a header value",
+            ),
+            (
+                "headers = { request = { remove = [\"\"] } }",
+                "services.reviews.routes[0].headers.request: \"\" is not a header name",
+            ),
+        ] {
+            let message = error(routes);
+            assert!(
+                message.starts_with(expected),
+                "{routes}\n  gave {message}\n  not {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_route_keys_and_bad_match_kinds_are_rejected_with_their_path() {
+        let message = error("matches = { method = \"GET\" }");
+        assert!(
+            message.starts_with("services.reviews.routes[0].matches: unknown field `matches`"),
+            "{message}"
+        );
+        let message = error("match = { path = { suffix = \".png\" } }");
+        assert!(
+            message.starts_with("services.reviews.routes[0].match.path"),
+            "{message}"
+        );
+        let message = error("match = { headers = { x-a = { contains = \"b\" } } }");
+        assert!(
+            message.starts_with("services.reviews.routes[0].match.headers"),
+            "{message}"
+        );
+        let message = error("hash = { query = \"user\" }");
+        assert!(
+            message.starts_with("services.reviews.routes[0].hash"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_valid_route_table_parses() {
+        let config = MeshConfig::from_toml(
+            "[services.ratings]\ndiscovery = { kind = \"static\", endpoints = [\"127.0.0.1:1\"] }\n\
+             [services.reviews]\ndiscovery = { kind = \"static\", endpoints = [\"127.0.0.1:2\"] }\n\
+             [[services.reviews.routes]]\n\
+             name = \"jason\"\n\
+             match = { headers = { end-user = \"jason\", x-canary = { present = true } } }\n\
+             split = [{ subset = { version = \"v2\" }, weight = 90 }, { weight = 10 }]\n\
+             timeout = \"1s\"\n\
+             retry = { max_attempts = 2, per_try_timeout = \"300ms\" }\n\
+             fault = { delay = \"7s\", delay_percent = 10 }\n\
+             mirror = { service = \"ratings\", percent = 5 }\n\
+             hash = { cookie = \"session\" }\n",
+        )
+        .unwrap();
+        let route = &config.services["reviews"].routes[0];
+        assert_eq!(route.name.as_deref(), Some("jason"));
+        assert_eq!(route.split.len(), 2);
+        assert_eq!(route.fault.as_ref().unwrap().abort_percent, 100.0);
+        assert_eq!(route.mirror.as_ref().unwrap().percent, 5.0);
+    }
+}

@@ -9,7 +9,7 @@ use http::{Method, Request, Response};
 use regex::Regex;
 
 use super::config::{
-    HashKey, HeaderTransform, PathMatch, RouteConfig, RouteRetryConfig, ValueMatch,
+    HashKey, HeaderTransform, PathMatch, RouteConfig, RouteMatch, RouteRetryConfig, ValueMatch,
 };
 use super::fault::Fault;
 use crate::balance::{Balancer, SubsetId};
@@ -143,35 +143,7 @@ impl Route {
             })
             .collect();
         let matches = &route.matches;
-        let matcher = Matcher {
-            path: matches.path.as_ref().map(|path| match path {
-                PathMatch::Exact(path) => Path::Exact(path.clone()),
-                PathMatch::Prefix(prefix) => Path::Prefix(prefix.trim_end_matches('/').to_owned()),
-                PathMatch::Regex(pattern) => Path::Regex(anchored(pattern)),
-                // Validation accepts no other kind.
-                #[allow(unreachable_patterns)]
-                _ => Path::Prefix(String::new()),
-            }),
-            method: matches
-                .method
-                .as_ref()
-                .and_then(|method| Method::from_bytes(method.as_bytes()).ok()),
-            headers: matches
-                .headers
-                .iter()
-                .filter_map(|(name, value)| {
-                    Some((
-                        HeaderName::from_bytes(name.as_bytes()).ok()?,
-                        Value::compile(value),
-                    ))
-                })
-                .collect(),
-            query: matches
-                .query
-                .iter()
-                .map(|(name, value)| (name.clone(), Value::compile(value)))
-                .collect(),
-        };
+        let matcher = Matcher::compile(matches);
         let prefix_rewrite = match (&matches.path, &route.prefix_rewrite) {
             (Some(PathMatch::Prefix(from)), Some(to)) => {
                 Some((from.trim_end_matches('/').to_owned(), to.clone()))
@@ -252,9 +224,50 @@ impl Value {
             (_, None) => false,
         }
     }
+
+    /// Whether the first `name` header matches. Presence is presence whatever the bytes: a
+    /// value that is not text (obs-text, which HTTP allows) is there, though no text matches it.
+    fn matches_header(&self, headers: &http::HeaderMap, name: &HeaderName) -> bool {
+        match self {
+            Self::Present(present) => headers.contains_key(name) == *present,
+            _ => self.matches(headers.get(name).and_then(|value| value.to_str().ok())),
+        }
+    }
 }
 
 impl Matcher {
+    fn compile(matches: &RouteMatch) -> Self {
+        Self {
+            path: matches.path.as_ref().map(|path| match path {
+                PathMatch::Exact(path) => Path::Exact(path.clone()),
+                PathMatch::Prefix(prefix) => Path::Prefix(prefix.trim_end_matches('/').to_owned()),
+                PathMatch::Regex(pattern) => Path::Regex(anchored(pattern)),
+                // Validation accepts no other kind.
+                #[allow(unreachable_patterns)]
+                _ => Path::Prefix(String::new()),
+            }),
+            method: matches
+                .method
+                .as_ref()
+                .and_then(|method| Method::from_bytes(method.as_bytes()).ok()),
+            headers: matches
+                .headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    Some((
+                        HeaderName::from_bytes(name.as_bytes()).ok()?,
+                        Value::compile(value),
+                    ))
+                })
+                .collect(),
+            query: matches
+                .query
+                .iter()
+                .map(|(name, value)| (name.clone(), Value::compile(value)))
+                .collect(),
+        }
+    }
+
     fn matches<B>(&self, request: &Request<B>) -> bool {
         if let Some(method) = &self.method
             && request.method() != method
@@ -279,7 +292,7 @@ impl Matcher {
         if !self
             .headers
             .iter()
-            .all(|(name, value)| value.matches(headers.get(name).and_then(|v| v.to_str().ok())))
+            .all(|(name, value)| value.matches_header(headers, name))
         {
             return false;
         }
@@ -302,11 +315,9 @@ pub(crate) fn headers_match(
     conditions: &[(HeaderName, ValueMatchCompiled)],
     headers: &http::HeaderMap,
 ) -> bool {
-    conditions.iter().all(|(name, value)| {
-        value
-            .0
-            .matches(headers.get(name).and_then(|v| v.to_str().ok()))
-    })
+    conditions
+        .iter()
+        .all(|(name, value)| value.0.matches_header(headers, name))
 }
 
 /// A compiled header condition, opaque outside routing.
@@ -481,5 +492,161 @@ fn rewrite_prefix(request: &mut Request<Body>, from: &str, to: &str) {
         if let Ok(uri) = http::Uri::from_parts(parts) {
             *request.uri_mut() = uri;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matcher(toml: &str) -> Matcher {
+        Matcher::compile(&toml::from_str::<RouteMatch>(toml).expect("a valid match"))
+    }
+
+    fn get(uri: &str) -> Request<()> {
+        Request::get(uri).body(()).unwrap()
+    }
+
+    fn with_header(uri: &str, name: &str, value: HeaderValue) -> Request<()> {
+        let mut request = get(uri);
+        request
+            .headers_mut()
+            .insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), value);
+        request
+    }
+
+    #[test]
+    fn a_prefix_matches_whole_segments_only() {
+        let api = matcher("path = { prefix = \"/api\" }");
+        let api_slash = matcher("path = { prefix = \"/api/\" }");
+        for (path, expected) in [
+            ("/api", true),
+            ("/api/", true),
+            ("/api/x", true),
+            ("/api?x=1", true),
+            ("/apix", false),
+            ("/ap", false),
+            ("/", false),
+            ("/API", false),
+        ] {
+            assert_eq!(api.matches(&get(path)), expected, "/api vs {path}");
+            assert_eq!(api_slash.matches(&get(path)), expected, "/api/ vs {path}");
+        }
+        let root = matcher("path = { prefix = \"/\" }");
+        for path in ["/", "/x", "/x/y?z"] {
+            assert!(root.matches(&get(path)), "/ vs {path}");
+        }
+    }
+
+    #[test]
+    fn an_exact_path_ignores_the_query_but_not_a_trailing_slash() {
+        let exact = matcher("path = { exact = \"/a/b\" }");
+        assert!(exact.matches(&get("/a/b")));
+        assert!(exact.matches(&get("http://host/a/b?x=1")));
+        assert!(!exact.matches(&get("/a/b/")));
+        assert!(!exact.matches(&get("/a/bc")));
+    }
+
+    #[test]
+    fn regular_expressions_match_the_whole_value() {
+        let path = matcher("path = { regex = \"/r/[0-9]+\" }");
+        assert!(path.matches(&get("/r/12")));
+        assert!(!path.matches(&get("/r/12/x")));
+        assert!(!path.matches(&get("/x/r/12")));
+        // An alternation is anchored as a whole, not only its first and last branch.
+        let either = matcher("path = { regex = \"/a|/b\" }");
+        assert!(either.matches(&get("/a")));
+        assert!(either.matches(&get("/b")));
+        assert!(!either.matches(&get("/a/x")));
+        assert!(!either.matches(&get("/x/b")));
+        let header = matcher("headers = { x-v = { regex = \"v[12]\" } }");
+        assert!(header.matches(&with_header("/", "x-v", HeaderValue::from_static("v2"))));
+        assert!(!header.matches(&with_header("/", "x-v", HeaderValue::from_static("v22"))));
+    }
+
+    #[test]
+    fn query_parameters_are_found_by_name() {
+        let debug = matcher("query = { debug = \"1\" }");
+        for (uri, expected) in [
+            ("/?debug=1", true),
+            ("/?a=b&debug=1", true),
+            ("/?debug=1&debug=2", true),
+            // The first value counts, as with headers.
+            ("/?debug=2&debug=1", false),
+            ("/?debug=10", false),
+            ("/?xdebug=1", false),
+            ("/?debug", false),
+            ("/", false),
+            ("/?", false),
+        ] {
+            assert_eq!(debug.matches(&get(uri)), expected, "{uri}");
+        }
+        let trace = matcher("query = { trace = { present = true } }");
+        for (uri, expected) in [
+            ("/?trace", true),
+            ("/?trace=", true),
+            ("/?a&trace=0", true),
+            ("/?tracer=1", false),
+            ("/", false),
+        ] {
+            assert_eq!(trace.matches(&get(uri)), expected, "{uri}");
+        }
+        let absent = matcher("query = { trace = { present = false } }");
+        assert!(absent.matches(&get("/?a=1")));
+        assert!(!absent.matches(&get("/?trace")));
+    }
+
+    #[test]
+    fn a_header_that_is_not_text_is_still_present() {
+        let opaque = HeaderValue::from_bytes(b"caf\xe9").unwrap();
+        let present = matcher("headers = { x-name = { present = true } }");
+        assert!(present.matches(&with_header("/", "x-name", opaque.clone())));
+        let absent = matcher("headers = { x-name = { present = false } }");
+        assert!(!absent.matches(&with_header("/", "x-name", opaque.clone())));
+        // No text matches it, though.
+        let exact = matcher("headers = { x-name = \"caf\" }");
+        assert!(!exact.matches(&with_header("/", "x-name", opaque)));
+    }
+
+    #[test]
+    fn every_condition_must_hold() {
+        let all = matcher(
+            "method = \"PUT\"\npath = { prefix = \"/p\" }\nheaders = { x-a = \"1\" }\nquery = { q = \"2\" }",
+        );
+        let request = |method: &str, uri: &str, header: Option<&'static str>| {
+            let mut request = Request::builder().method(method).uri(uri).body(()).unwrap();
+            if let Some(value) = header {
+                request
+                    .headers_mut()
+                    .insert("x-a", HeaderValue::from_static(value));
+            }
+            request
+        };
+        assert!(all.matches(&request("PUT", "/p/x?q=2", Some("1"))));
+        assert!(!all.matches(&request("POST", "/p/x?q=2", Some("1"))));
+        assert!(!all.matches(&request("PUT", "/px?q=2", Some("1"))));
+        assert!(!all.matches(&request("PUT", "/p/x?q=2", None)));
+        assert!(!all.matches(&request("PUT", "/p/x?q=3", Some("1"))));
+        assert!(matcher("").matches(&request("DELETE", "/anything", None)));
+    }
+
+    #[test]
+    fn a_prefix_rewrite_replaces_the_matched_segments_and_keeps_the_query() {
+        let rewrite = |uri: &str, from: &str, to: &str| {
+            let mut request = Request::get(uri).body(Body::empty()).unwrap();
+            rewrite_prefix(&mut request, from, to);
+            request.uri().to_string()
+        };
+        assert_eq!(rewrite("/old/x?q=1", "/old", "/new"), "/new/x?q=1");
+        assert_eq!(rewrite("/old", "/old", "/new"), "/new");
+        assert_eq!(rewrite("/old/x", "/old", "/"), "/x");
+        assert_eq!(rewrite("/old", "/old", "/"), "/");
+        assert_eq!(rewrite("/old/x", "/old", "/new/"), "/new/x");
+        assert_eq!(
+            rewrite("http://reviews/old/x?q", "/old", "/new"),
+            "http://reviews/new/x?q"
+        );
+        // The root prefix (kept as "" once its slash is trimmed) puts the new prefix in front.
+        assert_eq!(rewrite("/x/y", "", "/v2"), "/v2/x/y");
     }
 }
