@@ -7,6 +7,12 @@
 //! the concurrency limit, both before the application does any work), makes the caller's
 //! deadline the current one for the handler's own outbound calls, and then calls the
 //! application: any tower service for `http::Request<meshlib::Body>`, such as an axum `Router`.
+//!
+//! A tonic server is such a service too (`tonic::service::Routes`, or a generated
+//! `FooServer`), served over HTTP/2 from the same listener; `meshlib-grpc`'s `GrpcServer` adds
+//! the gRPC health service to it. For gRPC callers the caller's `grpc-timeout` is the deadline
+//! and load is shed with gRPC statuses. A gRPC method's full name is the request path
+//! (`/package.Service/Method`), which is what authorization by path matches.
 
 mod limit;
 
@@ -75,8 +81,8 @@ impl Server {
     ///
     /// 1. limits: over the rate limit, 429; over the concurrency limit, 503; the application
     ///    never sees either;
-    /// 2. deadline: the caller's `x-mesh-timeout-ms` becomes the current deadline, which the
-    ///    handler's own meshlib calls respect;
+    /// 2. deadline: the caller's `x-mesh-timeout-ms` (or `grpc-timeout`) becomes the current
+    ///    deadline, which the handler's own meshlib calls respect;
     /// 3. the application, its response body carried as a [`Body`].
     pub fn layer<S>(&self, app: S) -> Inbound<S> {
         ServiceBuilder::new()
