@@ -626,7 +626,9 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn new(path: impl Into<String>, message: impl fmt::Display) -> Self {
+    /// An error at the key `path` (such as `services.reviews.protocol`), saying what is wrong
+    /// there; for integrations that check configuration of their own.
+    pub fn new(path: impl Into<String>, message: impl fmt::Display) -> Self {
         Self {
             path: path.into(),
             message: message.to_string(),
