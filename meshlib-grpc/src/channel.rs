@@ -28,10 +28,7 @@ pub fn channel(mesh: &Mesh, service: &str) -> Result<GrpcChannel, meshlib::Error
     {
         return Err(ConfigError::new(
             format!("services.{service}.protocol"),
-            format_args!(
-                "is {:?}, and gRPC needs HTTP/2: set protocol = \"http2\"",
-                config.protocol
-            ),
+            "is not \"http2\", and gRPC needs HTTP/2: set protocol = \"http2\"",
         )
         .into());
     }

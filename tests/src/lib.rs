@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod dns;
+pub mod grpc;
 pub mod server;
 
 pub use app::AppServer;
