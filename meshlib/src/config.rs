@@ -159,8 +159,9 @@ impl ServiceConfig {
 /// Retries of failed requests.
 ///
 /// Only requests the classifier calls retryable are retried (connection failures and 502, 503,
-/// 504 by default), only idempotent methods unless `non_idempotent` is set, and only when the
-/// body fits in the replay buffer.
+/// 504 by default; for gRPC calls, the `retryable_grpc_codes`), only idempotent methods unless
+/// `non_idempotent` is set (gRPC calls failing with a listed code are retried whatever their
+/// method), and only when the body fits in the replay buffer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
