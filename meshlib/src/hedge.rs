@@ -20,7 +20,7 @@ use tower::retry::budget::{Budget as _, TpsBudget};
 use crate::Error;
 use crate::classify::Class;
 use crate::config::HedgeConfig;
-use crate::http::{Body, ResponseFuture};
+use crate::http::{Body, MeshService, ResponseFuture};
 
 /// How long one latency histogram collects before it is used.
 const PERIOD: Duration = Duration::from_secs(10);
@@ -134,14 +134,7 @@ impl Latencies {
 
 impl<S> tower_service::Service<Request<Body>> for Hedge<S>
 where
-    S: tower_service::Service<
-            Request<Body>,
-            Response = Response<Body>,
-            Error = Error,
-            Future = ResponseFuture,
-        > + Clone
-        + Send
-        + 'static,
+    S: MeshService + Clone + Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Error;

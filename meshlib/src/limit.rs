@@ -16,7 +16,7 @@ use http::{Request, Response};
 
 use crate::Error;
 use crate::config::{LimitsConfig, RateLimitConfig};
-use crate::http::{Body, ResponseFuture};
+use crate::http::{Body, MeshService, ResponseFuture};
 
 /// A token-bucket rate limiter, shareable between the client and server sides.
 #[derive(Debug)]
@@ -47,6 +47,41 @@ impl RateLimit {
     }
 }
 
+/// A bound on requests in flight: a slot is taken when a request enters and given back when
+/// its guard drops.
+#[derive(Debug)]
+pub(crate) struct Concurrency {
+    max: u32,
+    in_flight: AtomicU32,
+}
+
+/// One request's place under a [`Concurrency`] limit.
+pub(crate) struct Slot(Arc<Concurrency>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Concurrency {
+    pub(crate) fn new(max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            in_flight: AtomicU32::new(0),
+        })
+    }
+
+    /// A slot, or `None` when `max` requests are already in flight.
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(Arc::clone(self)))
+    }
+}
+
 /// Adds [`Limit`] to a stack.
 #[derive(Clone)]
 pub(crate) struct LimitLayer {
@@ -62,8 +97,7 @@ pub(crate) struct Limit<S> {
 
 struct State {
     service: Arc<str>,
-    max_requests: u32,
-    in_flight: AtomicU32,
+    concurrency: Arc<Concurrency>,
     rate: Option<RateLimit>,
 }
 
@@ -72,8 +106,7 @@ impl LimitLayer {
         Self {
             state: Arc::new(State {
                 service: Arc::clone(service),
-                max_requests: config.max_requests,
-                in_flight: AtomicU32::new(0),
+                concurrency: Concurrency::new(config.max_requests),
                 rate: config.rate_limit.as_ref().and_then(RateLimit::new),
             }),
         }
@@ -91,23 +124,9 @@ impl<S> tower::Layer<S> for LimitLayer {
     }
 }
 
-/// Holds one of the service's concurrency slots.
-struct Slot(Arc<State>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 impl<S> tower_service::Service<Request<Body>> for Limit<S>
 where
-    S: tower_service::Service<
-            Request<Body>,
-            Response = Response<Body>,
-            Error = Error,
-            Future = ResponseFuture,
-        >,
+    S: MeshService,
 {
     type Response = Response<Body>;
     type Error = Error;
@@ -125,12 +144,10 @@ where
             let error = Error::rate_limited(&state.service, rate.per_second());
             return Box::pin(std::future::ready(Err(error)));
         }
-        if state.in_flight.fetch_add(1, Ordering::AcqRel) >= state.max_requests {
-            state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = state.concurrency.try_acquire() else {
             let error = Error::overloaded(&state.service, "max_requests are already in flight");
             return Box::pin(std::future::ready(Err(error)));
-        }
-        let slot = Slot(Arc::clone(state));
+        };
         let response = self.inner.call(request);
         Box::pin(async move {
             let result = response.await;

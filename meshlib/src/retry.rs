@@ -41,7 +41,7 @@ use crate::Error;
 use crate::classify::{Class, Classifier};
 use crate::config::RetryConfig;
 use crate::deadline::Deadline;
-use crate::http::{Attempt, Body, ResponseFuture, ServedBy};
+use crate::http::{Attempt, Body, MeshService, ResponseFuture, ServedBy};
 use crate::route::Routed;
 
 /// Adds [`Retry`] to a stack.
@@ -111,14 +111,7 @@ impl<S> tower::Layer<S> for RetryLayer {
 
 impl<S> tower_service::Service<Request<Body>> for Retry<S>
 where
-    S: tower_service::Service<
-            Request<Body>,
-            Response = Response<Body>,
-            Error = Error,
-            Future = ResponseFuture,
-        > + Clone
-        + Send
-        + 'static,
+    S: MeshService + Clone + Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Error;
@@ -142,12 +135,7 @@ impl Policy {
         request: Request<Body>,
     ) -> Result<Response<Body>, Error>
     where
-        S: tower_service::Service<
-                Request<Body>,
-                Response = Response<Body>,
-                Error = Error,
-                Future = ResponseFuture,
-            >,
+        S: MeshService,
     {
         if let Some(budget) = &self.budget {
             budget.deposit();

@@ -19,7 +19,7 @@ use http::{Request, Response};
 
 use crate::Error;
 use crate::deadline::Deadline;
-use crate::http::{Body, ResponseFuture};
+use crate::http::{Body, MeshService, ResponseFuture};
 use crate::route::Routed;
 
 /// Adds [`Timeout`] to a stack.
@@ -60,12 +60,7 @@ impl<S> tower::Layer<S> for TimeoutLayer {
 
 impl<S> tower_service::Service<Request<Body>> for Timeout<S>
 where
-    S: tower_service::Service<
-            Request<Body>,
-            Response = Response<Body>,
-            Error = Error,
-            Future = ResponseFuture,
-        >,
+    S: MeshService,
 {
     type Response = Response<Body>;
     type Error = Error;

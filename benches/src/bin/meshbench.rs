@@ -1,54 +1,84 @@
-//! meshbench: runs a named load scenario and prints one JSON object per line.
-//!
-//! ```sh
-//! cargo run --release -p meshlib-benches --bin meshbench -- grpc-overhead [--seconds 1] [--rounds 5] [--concurrency 16]
-//! ```
+//! `meshbench <scenario> [--quick]`: runs one load scenario against meshlib and prints its
+//! figures as JSON lines. `meshbench --help` lists the scenarios.
 
-#[path = "../scenarios/grpc_overhead.rs"]
-mod grpc_overhead;
+use std::process::ExitCode;
 
-use std::time::Duration;
+use meshlib_benches::alloc::CountingAlloc;
+use meshlib_benches::{Options, scenarios, serve};
 
-fn main() {
-    let mut args = std::env::args().skip(1);
-    let Some(scenario) = args.next() else {
-        eprintln!(
-            "usage: meshbench <scenario> [--seconds S] [--rounds N] [--concurrency C]\nscenarios: grpc-overhead"
-        );
-        std::process::exit(2);
-    };
-    let mut settings = grpc_overhead::Settings::default();
-    while let Some(flag) = args.next() {
-        let value = args.next().unwrap_or_default();
-        let bad = || -> ! {
-            eprintln!("{flag} {value:?}: expected a positive number");
-            std::process::exit(2)
-        };
-        match flag.as_str() {
-            "--seconds" => {
-                settings.round =
-                    Duration::try_from_secs_f64(value.parse().unwrap_or_else(|_| bad()))
-                        .unwrap_or_else(|_| bad());
+// Installed for the memory and allocation figures (`lb-scale`, `overhead`); it counts nothing
+// until a scenario starts it.
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
+/// Usage errors exit with 2, as is the custom for command-line tools; a failed scenario with 1.
+const USAGE_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(serve::SUBCOMMAND) {
+        return match serve::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("meshbench serve: {error}");
+                ExitCode::FAILURE
             }
-            "--rounds" => settings.rounds = value.parse().unwrap_or_else(|_| bad()),
-            "--concurrency" => settings.concurrency = value.parse().unwrap_or_else(|_| bad()),
-            _ => {
-                eprintln!("unknown option {flag}");
-                std::process::exit(2);
+        };
+    }
+
+    let mut options = Options::default();
+    let mut name = None;
+    for arg in &args {
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            "-h" | "--help" => {
+                println!("{}", usage());
+                return ExitCode::SUCCESS;
+            }
+            flag if flag.starts_with('-') => {
+                eprintln!("meshbench: unknown option {flag:?}\n\n{}", usage());
+                return ExitCode::from(USAGE_ERROR);
+            }
+            scenario if name.is_none() => name = Some(scenario),
+            extra => {
+                eprintln!(
+                    "meshbench: one scenario at a time (also got {extra:?})\n\n{}",
+                    usage()
+                );
+                return ExitCode::from(USAGE_ERROR);
             }
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    let line = match scenario.as_str() {
-        "grpc-overhead" => runtime.block_on(grpc_overhead::run(settings)),
-        other => {
-            eprintln!("unknown scenario {other:?}; scenarios: grpc-overhead");
-            std::process::exit(2);
-        }
+    let Some(name) = name else {
+        eprintln!("meshbench: which scenario?\n\n{}", usage());
+        return ExitCode::from(USAGE_ERROR);
     };
-    println!("{line}");
+    let Some(scenario) = scenarios::find(name) else {
+        eprintln!("meshbench: unknown scenario {name:?}\n\n{}", usage());
+        return ExitCode::from(USAGE_ERROR);
+    };
+    match (scenario.run)(&options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("meshbench {name}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> String {
+    let mut text = String::from(
+        "usage: meshbench <scenario> [--quick]\n\n\
+         Prints one JSON object per line. --quick keeps each scenario under 30 s.\n\n\
+         scenarios:\n",
+    );
+    let width = scenarios::ALL
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(0);
+    for scenario in scenarios::ALL {
+        text.push_str(&format!("  {:width$}  {}\n", scenario.name, scenario.about));
+    }
+    text
 }

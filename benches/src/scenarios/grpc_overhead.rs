@@ -1,12 +1,15 @@
 //! `grpc-overhead`: what the mesh adds to a gRPC call. The same local tonic server is called
 //! through a plain tonic `Channel` (`raw`) and through a meshlib channel (`mesh`: route, limits,
 //! deadline, retry with body replay, balancer, pooled HTTP/2 client), in alternating rounds of
-//! the same length so that both see the same machine; each variant keeps `concurrency` unary calls
-//! in flight. The figures are throughput and latency percentiles per variant, `rps_ratio` (mesh ÷
-//! raw, target ≥ 0.90) and `added_p50_us` (mesh p50 − raw p50, target ≤ 15).
+//! the same length so that both see the same machine.
 //!
-//! Self-contained (its own message and server) so that it can join the meshbench harness as one
-//! scenario file.
+//! As in `overhead`, two concurrencies answer two questions. Loaded, 16 unary calls in flight
+//! per variant: `raw` and `mesh` (`rps`, `p50_us`, `p99_us`) and `rps_ratio` (mesh ÷ raw, target
+//! ≥ 0.90). Unloaded, one call at a time: `unloaded.raw`, `unloaded.mesh` and `added_p50_us`
+//! (mesh p50 − raw p50, target ≤ 15), what one call pays for the mesh when nothing queues.
+//!
+//! Client, server and both variants share one two-worker runtime in this process; the figures
+//! are relative, and the load average is printed to show how quiet the machine was.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,23 +33,29 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The scenario's settings.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Settings {
-    /// Calls in flight per variant.
-    pub(crate) concurrency: usize,
+struct Settings {
     /// Rounds per variant, alternating.
-    pub(crate) rounds: u32,
+    rounds: u32,
     /// Length of one round.
-    pub(crate) round: Duration,
+    round: Duration,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            concurrency: 16,
-            rounds: 5,
-            round: Duration::from_secs(1),
-        }
-    }
+/// Calls in flight per variant when loaded.
+const LOADED: usize = 16;
+
+/// Runs the scenario and prints its line.
+pub(crate) fn run(options: &crate::Options) -> Result<(), crate::BoxError> {
+    let settings = Settings {
+        rounds: options.pick(6, 3),
+        round: options.pick(Duration::from_secs(1), Duration::from_millis(400)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let line = runtime.block_on(measure(settings))?;
+    crate::report::emit(&line);
+    Ok(())
 }
 
 /// The call's message, both ways: a small payload, as a typical unary RPC.
@@ -58,58 +67,61 @@ struct Payload {
 
 const PATH: &str = "/bench.Echo/Unary";
 
-/// Runs the scenario and returns its JSON line.
-pub(crate) async fn run(settings: Settings) -> Value {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
+async fn measure(settings: Settings) -> Result<Value, crate::BoxError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
     let server = tokio::spawn(serve(listener));
 
-    let raw = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
+    let raw = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .tcp_nodelay(true)
         .connect()
-        .await
-        .expect("raw tonic channel connects");
+        .await?;
     let config = meshlib::MeshConfig::from_toml(&format!(
         "[services.bench]\nprotocol = \"http2\"\ndiscovery = {{ kind = \"static\", endpoints = [\"{addr}\"] }}\n"
-    ))
-    .expect("valid configuration");
-    let mesh = meshlib::Mesh::new(config).expect("mesh");
-    let meshed = meshlib_grpc::channel(&mesh, "bench").expect("mesh channel");
+    ))?;
+    let mesh = meshlib::Mesh::new(config)?;
+    let meshed = meshlib_grpc::channel(&mesh, "bench")?;
 
     let payload = Payload {
         data: Bytes::from(vec![7u8; 64]),
     };
     // Warm both: connections made, estimates settled.
     let warm = Duration::from_millis(300);
-    drive(raw.clone(), &payload, settings.concurrency, warm).await;
-    drive(meshed.clone(), &payload, settings.concurrency, warm).await;
+    drive(raw.clone(), &payload, LOADED, warm).await;
+    drive(meshed.clone(), &payload, LOADED, warm).await;
 
-    let mut totals = [Totals::new(), Totals::new()];
-    for _ in 0..settings.rounds {
-        totals[0].add(drive(raw.clone(), &payload, settings.concurrency, settings.round).await);
-        totals[1].add(
-            drive(
-                meshed.clone(),
-                &payload,
-                settings.concurrency,
-                settings.round,
-            )
-            .await,
-        );
+    let mut figures = Vec::new();
+    for concurrency in [LOADED, 1] {
+        let mut totals = [Totals::new(), Totals::new()];
+        for round in 0..settings.rounds {
+            // raw, mesh, mesh, raw, ...: neither goes first every time.
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for variant in order {
+                let measured = if variant == 0 {
+                    drive(raw.clone(), &payload, concurrency, settings.round).await
+                } else {
+                    drive(meshed.clone(), &payload, concurrency, settings.round).await
+                };
+                totals[variant].add(measured);
+            }
+        }
+        figures.push(totals.map(|totals| totals.summary()));
     }
     server.abort();
-    let [raw, mesh] = totals.map(|totals| totals.summary());
-    json!({
+    let [raw, mesh] = figures[0].clone();
+    let [unloaded_raw, unloaded_mesh] = figures[1].clone();
+    Ok(json!({
         "scenario": "grpc-overhead",
-        "concurrency": settings.concurrency,
+        "concurrency": LOADED,
         "rounds": settings.rounds,
         "round_ms": settings.round.as_millis() as u64,
         "raw": raw.json(),
         "mesh": mesh.json(),
         "rps_ratio": round2(mesh.rps / raw.rps),
-        "added_p50_us": mesh.p50_us as i64 - raw.p50_us as i64,
-    })
+        "unloaded": { "raw": unloaded_raw.json(), "mesh": unloaded_mesh.json() },
+        "added_p50_us": unloaded_mesh.p50_us as i64 - unloaded_raw.p50_us as i64,
+        "load_average": crate::report::load_average(),
+    }))
 }
 
 fn round2(value: f64) -> f64 {
@@ -128,6 +140,7 @@ struct Totals {
     latencies: Histogram<u64>,
 }
 
+#[derive(Clone)]
 struct Summary {
     rps: f64,
     p50_us: u64,

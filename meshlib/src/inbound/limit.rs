@@ -9,7 +9,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
 use http::{Request, Response, StatusCode};
@@ -17,7 +16,7 @@ use http::{Request, Response, StatusCode};
 use crate::config::ServerLimitsConfig;
 use crate::grpc::Code;
 use crate::http::Body;
-use crate::limit::RateLimit;
+use crate::limit::{Concurrency, RateLimit};
 
 /// Adds [`ServerLimit`] to a stack.
 #[derive(Clone, Debug)]
@@ -35,8 +34,7 @@ pub struct ServerLimit<S> {
 #[derive(Debug)]
 struct State {
     server: Arc<str>,
-    max_requests: Option<u32>,
-    in_flight: AtomicU32,
+    concurrency: Option<Arc<Concurrency>>,
     rate: Option<RateLimit>,
 }
 
@@ -46,8 +44,7 @@ impl ServerLimitLayer {
         Self {
             state: Arc::new(State {
                 server: Arc::clone(server),
-                max_requests: config.max_requests,
-                in_flight: AtomicU32::new(0),
+                concurrency: config.max_requests.map(Concurrency::new),
                 rate: config.rate_limit.as_ref().and_then(RateLimit::new),
             }),
         }
@@ -62,14 +59,6 @@ impl<S> tower::Layer<S> for ServerLimitLayer {
             inner,
             state: Arc::clone(&self.state),
         }
-    }
-}
-
-struct Slot(Arc<State>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -120,18 +109,19 @@ where
                 "rate limited\n",
             )));
         }
-        let slot = match state.max_requests {
-            Some(max) if state.in_flight.fetch_add(1, Ordering::AcqRel) >= max => {
-                state.in_flight.fetch_sub(1, Ordering::AcqRel);
-                tracing::debug!(server = %state.server, path = request.uri().path(), "overloaded");
-                return Box::pin(std::future::ready(refuse(
-                    crate::grpc::is_grpc(request.headers()),
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "overloaded\n",
-                )));
-            }
-            Some(_) => Some(Slot(Arc::clone(state))),
+        let slot = match &state.concurrency {
             None => None,
+            Some(concurrency) => match concurrency.try_acquire() {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(server = %state.server, path = request.uri().path(), "overloaded");
+                    return Box::pin(std::future::ready(refuse(
+                        crate::grpc::is_grpc(request.headers()),
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded\n",
+                    )));
+                }
+            },
         };
         let response = self.inner.call(request);
         Box::pin(async move {

@@ -15,7 +15,7 @@ use http::{Request, Response, StatusCode};
 use super::config::FaultConfig;
 use super::table::{Routed, ValueMatchCompiled, headers_match};
 use crate::Error;
-use crate::http::{Body, ResponseFuture};
+use crate::http::{Body, MeshService, ResponseFuture};
 
 /// The header on a response that a fault produced, naming the fault.
 pub const FAULT_HEADER: &str = "x-mesh-fault";
@@ -73,14 +73,7 @@ pub(crate) struct FaultService<S> {
 
 impl<S> tower_service::Service<Request<Body>> for FaultService<S>
 where
-    S: tower_service::Service<
-            Request<Body>,
-            Response = Response<Body>,
-            Error = Error,
-            Future = ResponseFuture,
-        > + Clone
-        + Send
-        + 'static,
+    S: MeshService + Clone + Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Error;

@@ -13,7 +13,7 @@ use super::config::{
 };
 use super::fault::Fault;
 use crate::balance::{Balancer, SubsetId};
-use crate::http::{Body, HttpClient, ResponseFuture};
+use crate::http::{Body, HttpClient, MeshService, ResponseFuture};
 use crate::limit::RateLimit;
 use crate::mesh::MeshHandle;
 use crate::{Error, config::ServiceConfig};
@@ -417,12 +417,7 @@ pub(crate) struct Router<S> {
 
 impl<S> tower_service::Service<Request<Body>> for Router<S>
 where
-    S: tower_service::Service<
-            Request<Body>,
-            Response = Response<Body>,
-            Error = Error,
-            Future = ResponseFuture,
-        >,
+    S: MeshService,
 {
     type Response = Response<Body>;
     type Error = Error;

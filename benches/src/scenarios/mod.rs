@@ -1,0 +1,59 @@
+//! The scenarios `meshbench` can run, one module each.
+//!
+//! A scenario is a function that measures, prints its JSON lines with
+//! [`crate::report::emit`] and returns; it builds whatever runtime it needs, because what it
+//! measures decides that (a current-thread runtime to pin a client to one core, none at all for a
+//! data-structure benchmark). To add one, write its module and add an entry to [`ALL`].
+
+mod grpc_overhead;
+mod lb_scale;
+mod overhead;
+mod routing;
+mod slow_endpoint;
+
+use crate::{BoxError, Options};
+
+/// A named scenario.
+#[derive(Debug)]
+pub struct Scenario {
+    /// What to type after `meshbench`.
+    pub name: &'static str,
+    /// One line on what it measures, for the usage message.
+    pub about: &'static str,
+    /// Runs it.
+    pub run: fn(&Options) -> Result<(), BoxError>,
+}
+
+/// Every scenario, in the order the usage message lists them.
+pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "overhead",
+        about: "raw hyper client vs the mesh client against one server process: rps, latency, CPU",
+        run: overhead::run,
+    },
+    Scenario {
+        name: "slow-endpoint",
+        about: "five endpoints, one 20x slower: round robin vs P2C tail latency",
+        run: slow_endpoint::run,
+    },
+    Scenario {
+        name: "lb-scale",
+        about: "P2C pick cost, endpoint-set update time and memory at 10 to 10000 endpoints",
+        run: lb_scale::run,
+    },
+    Scenario {
+        name: "grpc-overhead",
+        about: "plain tonic Channel vs the meshlib gRPC channel against one tonic server: rps, latency",
+        run: grpc_overhead::run,
+    },
+    Scenario {
+        name: "routing",
+        about: "a 20-route table with a weighted split vs the same mesh client without routes",
+        run: routing::run,
+    },
+];
+
+/// The scenario called `name`.
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    ALL.iter().find(|scenario| scenario.name == name)
+}
