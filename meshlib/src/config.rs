@@ -253,8 +253,9 @@ pub const IDENTITY_LABEL: &str = "identity";
 /// Retries of failed requests.
 ///
 /// Only requests the classifier calls retryable are retried (connection failures and 502, 503,
-/// 504 by default), only idempotent methods unless `non_idempotent` is set, and only when the
-/// body fits in the replay buffer.
+/// 504 by default; for gRPC calls, the `retryable_grpc_codes`), only idempotent methods unless
+/// `non_idempotent` is set (gRPC calls failing with a listed code are retried whatever their
+/// method), and only when the body fits in the replay buffer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -266,6 +267,11 @@ pub struct RetryConfig {
     pub per_try_timeout: Option<Duration>,
     /// Statuses worth another attempt. Default 502, 503 and 504.
     pub retryable_statuses: Vec<u16>,
+    /// gRPC status codes worth another attempt, for gRPC calls: names as gRFC A44 spells them
+    /// (`"UNAVAILABLE"`) or numbers. Default UNAVAILABLE; CANCELLED, DEADLINE_EXCEEDED,
+    /// INTERNAL and RESOURCE_EXHAUSTED are the usual additions. Listing a code is the statement
+    /// that a call failing with it is safe to send again, whatever the method.
+    pub retryable_grpc_codes: Vec<crate::grpc::Code>,
     /// Retry POST and PATCH too. Default off: they may not be safe to send twice.
     pub non_idempotent: bool,
     /// The largest request body kept for replay; a larger one is sent once. Default 64 KiB.
@@ -290,6 +296,7 @@ impl Default for RetryConfig {
             max_attempts: 3,
             per_try_timeout: None,
             retryable_statuses: vec![502, 503, 504],
+            retryable_grpc_codes: vec![crate::grpc::Code::Unavailable],
             non_idempotent: false,
             max_replay_bytes: 64 * 1024,
             backoff_base: Duration::from_millis(25),
@@ -425,15 +432,21 @@ impl Default for BreakerConfig {
     }
 }
 
-/// Active HTTP health checking: each endpoint is probed with `GET path`; a 2xx within `timeout`
-/// passes. An endpoint enters rotation when it first passes and leaves after `unhealthy_threshold`
-/// failures in a row. Defaults as Kubernetes probes: every 10 s, 1 s timeout, 3 to fail, 1 to pass.
+/// Active health checking: each endpoint is probed with `GET path` (a 2xx within `timeout`
+/// passes) or, with `kind = "grpc"`, with the standard gRPC health check (`SERVING` passes). An
+/// endpoint enters rotation when it first passes and leaves after `unhealthy_threshold` failures
+/// in a row. Defaults as Kubernetes probes: every 10 s, 1 s timeout, 3 to fail, 1 to pass.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct HealthCheckConfig {
-    /// The path probed. Default `/health`.
+    /// How endpoints are probed. Default `http`.
+    pub kind: HealthCheckKind,
+    /// The path probed, for `kind = "http"`. Default `/health`.
     pub path: String,
+    /// For `kind = "grpc"`: the gRPC service whose health is asked, such as `"ratings.Ratings"`.
+    /// Default empty: the server as a whole, as the gRPC health checking protocol defines.
+    pub service: String,
     /// Time between probes of one endpoint.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -446,9 +459,24 @@ pub struct HealthCheckConfig {
     pub healthy_threshold: u32,
 }
 
+/// How active health checks probe an endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum HealthCheckKind {
+    /// `GET path` over HTTP/1.1; a 2xx passes.
+    #[default]
+    Http,
+    /// `grpc.health.v1.Health/Check` over HTTP/2 for `service`; an answer of `SERVING` passes,
+    /// anything else (`NOT_SERVING`, `NOT_FOUND` for an unknown service, no answer) fails.
+    Grpc,
+}
+
 impl Default for HealthCheckConfig {
     fn default() -> Self {
         Self {
+            kind: HealthCheckKind::Http,
+            service: String::new(),
             path: "/health".to_owned(),
             interval: Duration::from_secs(10),
             timeout: Duration::from_secs(1),
@@ -693,7 +721,9 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn new(path: impl Into<String>, message: impl fmt::Display) -> Self {
+    /// An error at the key `path` (such as `services.reviews.protocol`), saying what is wrong
+    /// there; for integrations that check configuration of their own.
+    pub fn new(path: impl Into<String>, message: impl fmt::Display) -> Self {
         Self {
             path: path.into(),
             message: message.to_string(),
@@ -735,6 +765,14 @@ impl ServiceConfig {
                 return Err(ConfigError::new(
                     at(&format!("retry.retryable_statuses[{i}]")),
                     format_args!("{status} is not an HTTP status"),
+                ));
+            }
+        }
+        for (i, &code) in retry.retryable_grpc_codes.iter().enumerate() {
+            if code == crate::grpc::Code::Ok {
+                return Err(ConfigError::new(
+                    at(&format!("retry.retryable_grpc_codes[{i}]")),
+                    "OK is a success and is never retried",
                 ));
             }
         }
@@ -800,6 +838,15 @@ impl ServiceConfig {
             ));
         }
         if let Some(health) = &self.health {
+            if health.kind == HealthCheckKind::Http && !health.service.is_empty() {
+                return Err(ConfigError::new(
+                    at("health.service"),
+                    format_args!(
+                        "{:?} is for gRPC health checks: set kind = \"grpc\" or remove it",
+                        health.service
+                    ),
+                ));
+            }
             if !health.path.starts_with('/') {
                 return Err(ConfigError::new(
                     at("health.path"),
@@ -1166,6 +1213,60 @@ mod tests {
         assert_eq!(
             (*min_ttl, *max_ttl),
             (Duration::from_secs(5), Duration::from_secs(300))
+        );
+    }
+
+    #[test]
+    fn grpc_retry_codes_and_health_checks_parse_and_validate() {
+        let config = MeshConfig::from_toml(
+            r#"
+            [services.ratings]
+            protocol = "http2"
+            discovery = { kind = "static", endpoints = ["127.0.0.1:9081"] }
+            retry = { retryable_grpc_codes = ["UNAVAILABLE", "resource_exhausted", 13] }
+            health = { kind = "grpc", service = "ratings.Ratings" }
+            "#,
+        )
+        .unwrap();
+        let ratings = &config.services["ratings"];
+        use crate::grpc::Code;
+        assert_eq!(
+            ratings.retry.retryable_grpc_codes,
+            [Code::Unavailable, Code::ResourceExhausted, Code::Internal]
+        );
+        let health = ratings.health.as_ref().unwrap();
+        assert_eq!(
+            (health.kind, health.service.as_str()),
+            (HealthCheckKind::Grpc, "ratings.Ratings")
+        );
+        assert_eq!(
+            ServiceConfig::default().retry.retryable_grpc_codes,
+            [Code::Unavailable]
+        );
+
+        let message = error("[services.r]\nretry = { retryable_grpc_codes = [\"UNAVAILBLE\"] }\n");
+        assert!(
+            message.starts_with(
+                "services.r.retry.retryable_grpc_codes[0]: \"UNAVAILBLE\" is not a gRPC status code; one of OK, CANCELLED"
+            ),
+            "{message}"
+        );
+        let message = error("[services.r]\nretry = { retryable_grpc_codes = [17] }\n");
+        assert!(
+            message.contains("17 is not a gRPC status code"),
+            "{message}"
+        );
+        assert_eq!(
+            error(
+                "[services.r]\ndiscovery = { kind = \"file\", path = \"r.toml\" }\nretry = { retryable_grpc_codes = [\"OK\"] }\n"
+            ),
+            "services.r.retry.retryable_grpc_codes[0]: OK is a success and is never retried"
+        );
+        assert_eq!(
+            error(
+                "[services.r]\ndiscovery = { kind = \"file\", path = \"r.toml\" }\nhealth = { service = \"x.X\" }\n"
+            ),
+            "services.r.health.service: \"x.X\" is for gRPC health checks: set kind = \"grpc\" or remove it"
         );
     }
 

@@ -9,6 +9,11 @@
 //!
 //! The current deadline is a tokio task-local: it follows the handler's future, not tasks the
 //! handler spawns (those can re-enter it with [`Deadline::scope`]).
+//!
+//! gRPC calls carry the same thing in gRPC's own header, `grpc-timeout` (see [`crate::grpc`]):
+//! an incoming `grpc-timeout` is honoured exactly like `x-mesh-timeout-ms` (the sooner wins if a
+//! request has both), and an outgoing gRPC call is told its time left in `grpc-timeout`, which
+//! every gRPC server understands.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -55,16 +60,21 @@ impl Deadline {
         CURRENT.scope(self, future)
     }
 
-    /// The deadline a request's header announces, if it has a valid one.
+    /// The deadline a request's headers announce, if they have a valid one: `x-mesh-timeout-ms`
+    /// or gRPC's `grpc-timeout`, the sooner if both.
     pub fn from_headers(headers: &http::HeaderMap) -> Option<Self> {
-        let millis: u64 = headers
-            .get(TIMEOUT_HEADER)?
-            .to_str()
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        Some(Self::after(Duration::from_millis(millis)))
+        let mesh = headers
+            .get(TIMEOUT_HEADER)
+            .and_then(|value| value.to_str().ok()?.trim().parse().ok())
+            .map(Duration::from_millis);
+        let grpc = headers
+            .get(crate::grpc::TIMEOUT_HEADER)
+            .and_then(|value| crate::grpc::parse_timeout(value.to_str().ok()?));
+        let timeout = match (mesh, grpc) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(Self::after(timeout))
     }
 
     /// Announces the remaining time in `headers`, replacing any earlier value.
@@ -72,11 +82,20 @@ impl Deadline {
         let millis = self.remaining().as_millis() as u64;
         headers.insert(TIMEOUT_HEADER, HeaderValue::from(millis));
     }
+
+    /// Announces the remaining time to a gRPC server, in `grpc-timeout`, replacing any earlier
+    /// value.
+    pub(crate) fn announce_grpc(self, headers: &mut http::HeaderMap) {
+        headers.insert(
+            crate::grpc::TIMEOUT_HEADER,
+            crate::grpc::format_timeout(self.remaining()),
+        );
+    }
 }
 
 /// A server layer that honours the deadline announced by the caller: while the wrapped service
-/// handles a request carrying `x-mesh-timeout-ms`, that deadline is [`Deadline::current`], which
-/// every meshlib client call made from the handler respects.
+/// handles a request carrying `x-mesh-timeout-ms` or `grpc-timeout`, that deadline is
+/// [`Deadline::current`], which every meshlib client call made from the handler respects.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DeadlineLayer;
 
@@ -139,6 +158,32 @@ mod tests {
             headers.insert(TIMEOUT_HEADER, HeaderValue::from_static(bad));
             assert_eq!(Deadline::from_headers(&headers), None, "{bad:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grpc_timeouts_are_honoured_and_the_sooner_wins() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            crate::grpc::TIMEOUT_HEADER,
+            HeaderValue::from_static("700m"),
+        );
+        let deadline = Deadline::from_headers(&headers).unwrap();
+        assert_eq!(deadline.remaining(), Duration::from_millis(700));
+        headers.insert(TIMEOUT_HEADER, HeaderValue::from_static("500"));
+        assert_eq!(
+            Deadline::from_headers(&headers).unwrap().remaining(),
+            Duration::from_millis(500)
+        );
+        headers.insert(TIMEOUT_HEADER, HeaderValue::from_static("soon"));
+        assert_eq!(
+            Deadline::from_headers(&headers).unwrap().remaining(),
+            Duration::from_millis(700)
+        );
+
+        let mut out = http::HeaderMap::new();
+        Deadline::after(Duration::from_millis(1500)).announce_grpc(&mut out);
+        assert_eq!(out[crate::grpc::TIMEOUT_HEADER], "1500000u");
+        assert!(!out.contains_key(TIMEOUT_HEADER));
     }
 
     /// Records the current deadline when called and when its future runs.

@@ -259,3 +259,10 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// Invalid configuration, as a mesh error ([`Error::is_config`]).
+impl From<ConfigError> for Error {
+    fn from(error: ConfigError) -> Self {
+        Self::config(error)
+    }
+}

@@ -7,6 +7,12 @@
 //! their first active check), leaves rotation after `unhealthy_threshold` failures in a row and
 //! returns after `healthy_threshold` passes. New endpoints are probed as soon as discovery adds
 //! them rather than at the next tick.
+//!
+//! With `kind = "grpc"` the probe is the standard gRPC health check instead (the
+//! `grpc.health.v1.Health/Check` call of gRPC's "Health Checking Protocol", which tonic-health,
+//! grpc-go, grpcio and Kubernetes' gRPC probes speak) over HTTP/2, for the configured `service`
+//! (empty: the whole server); an answer of `SERVING` passes. Its two messages are tiny and fixed,
+//! so they are encoded here by hand rather than making the core depend on a protobuf library.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
@@ -14,13 +20,14 @@ use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http::{Request, Uri};
-use http_body_util::Empty;
+use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::{BalancedEndpoint, Balancer};
-use crate::config::HealthCheckConfig;
+use crate::config::{HealthCheckConfig, HealthCheckKind};
+use crate::grpc::{self, Code};
 
 /// An endpoint's health as active checks see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,9 +126,10 @@ pub(crate) fn spawn(balancer: &Balancer, config: HealthCheckConfig) -> tokio::ta
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.timeout));
     connector.set_nodelay(true);
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
+        .http2_only(config.kind == HealthCheckKind::Grpc)
         .build(connector);
     let balancer = balancer.clone();
     let service: Arc<str> = balancer.service().into();
@@ -157,41 +165,162 @@ pub(crate) fn spawn(balancer: &Balancer, config: HealthCheckConfig) -> tokio::ta
 }
 
 async fn probe(
-    client: &Client<HttpConnector, Empty<Bytes>>,
+    client: &Client<HttpConnector, Full<Bytes>>,
     config: &HealthCheckConfig,
     service: &str,
     endpoint: &BalancedEndpoint,
 ) {
+    let checked = tokio::time::timeout(config.timeout, check(client, config, endpoint)).await;
+    let passed = match checked {
+        Ok(Ok(())) => true,
+        Ok(Err(reason)) => {
+            tracing::debug!(service, endpoint = %endpoint.endpoint(), %reason, "health check failed");
+            false
+        }
+        Err(_) => {
+            tracing::debug!(service, endpoint = %endpoint.endpoint(), "health check timed out");
+            false
+        }
+    };
+    endpoint.observe_health(passed, config.healthy_threshold, config.unhealthy_threshold);
+}
+
+/// One probe of `endpoint`; the error says why it failed.
+async fn check(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    config: &HealthCheckConfig,
+    endpoint: &BalancedEndpoint,
+) -> Result<(), String> {
+    let path = match config.kind {
+        HealthCheckKind::Http => config.path.as_str(),
+        HealthCheckKind::Grpc => GRPC_CHECK_PATH,
+    };
     let uri = Uri::builder()
         .scheme("http")
         .authority(endpoint.authority().clone())
-        .path_and_query(config.path.as_str())
-        .build();
-    let passed = match uri {
-        Ok(uri) => {
-            let request = Request::get(uri)
-                .header(http::header::USER_AGENT, "meshlib-health-check")
-                .body(Empty::new())
-                .expect("a GET with a valid URI is a valid request");
-            match tokio::time::timeout(config.timeout, client.request(request)).await {
-                Ok(Ok(response)) if response.status().is_success() => true,
-                Ok(Ok(response)) => {
-                    tracing::debug!(service, endpoint = %endpoint.endpoint(), status = %response.status(), "health check failed");
-                    false
-                }
-                Ok(Err(error)) => {
-                    tracing::debug!(service, endpoint = %endpoint.endpoint(), %error, "health check failed");
-                    false
-                }
-                Err(_) => {
-                    tracing::debug!(service, endpoint = %endpoint.endpoint(), "health check timed out");
-                    false
-                }
+        .path_and_query(path)
+        .build()
+        .map_err(|error| error.to_string())?;
+    let request = Request::builder()
+        .uri(uri)
+        .header(http::header::USER_AGENT, "meshlib-health-check");
+    let request = match config.kind {
+        HealthCheckKind::Http => request.method(http::Method::GET).body(Full::default()),
+        HealthCheckKind::Grpc => request
+            .method(http::Method::POST)
+            .version(http::Version::HTTP_2)
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .header(grpc::TIMEOUT_HEADER, grpc::format_timeout(config.timeout))
+            .body(Full::new(grpc::frame(&check_request(&config.service)))),
+    }
+    .expect("a request with a valid URI and static headers is valid");
+    let response = client
+        .request(request)
+        .await
+        .map_err(|error| error.to_string())?;
+    if config.kind == HealthCheckKind::Http {
+        return if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("status {}", response.status()))
+        };
+    }
+    if let Some(code) = Code::from_headers(response.headers()) {
+        // Trailers-only: the call failed (NOT_FOUND for a service the server does not know).
+        return Err(format!("gRPC status {code}"));
+    }
+    if response.status() != http::StatusCode::OK {
+        return Err(format!("status {}", response.status()));
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|error| error.to_string())?;
+    let code = body
+        .trailers()
+        .and_then(Code::from_headers)
+        .unwrap_or(Code::Internal);
+    if code != Code::Ok {
+        return Err(format!("gRPC status {code}"));
+    }
+    let bytes = body.to_bytes();
+    let message = grpc::unframe(&bytes)?;
+    match serving_status(message)? {
+        SERVING => Ok(()),
+        status => Err(format!(
+            "serving status {}",
+            match status {
+                0 => "UNKNOWN",
+                2 => "NOT_SERVING",
+                3 => "SERVICE_UNKNOWN",
+                _ => "unrecognised",
             }
+        )),
+    }
+}
+
+const GRPC_CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
+
+/// `HealthCheckResponse.ServingStatus.SERVING`.
+const SERVING: u64 = 1;
+
+/// A `grpc.health.v1.HealthCheckRequest { string service = 1; }` (field 1, length-delimited;
+/// proto3 leaves an empty string out).
+fn check_request(service: &str) -> Vec<u8> {
+    let mut message = Vec::with_capacity(service.len() + 6);
+    if !service.is_empty() {
+        message.push(0x0a);
+        put_varint(&mut message, service.len() as u64);
+        message.extend_from_slice(service.as_bytes());
+    }
+    message
+}
+
+/// The `status` (field 1, a varint) of a `grpc.health.v1.HealthCheckResponse`; proto3 leaves
+/// out a status of 0 (UNKNOWN), and unknown fields are skipped, as protobuf readers must.
+fn serving_status(mut message: &[u8]) -> Result<u64, &'static str> {
+    let mut status = 0;
+    while !message.is_empty() {
+        let key = take_varint(&mut message)?;
+        match (key >> 3, key & 7) {
+            (1, 0) => status = take_varint(&mut message)?,
+            (_, 0) => {
+                take_varint(&mut message)?;
+            }
+            (_, 1) => message = message.get(8..).ok_or("truncated message")?,
+            (_, 2) => {
+                let length =
+                    usize::try_from(take_varint(&mut message)?).map_err(|_| "truncated message")?;
+                message = message.get(length..).ok_or("truncated message")?;
+            }
+            (_, 5) => message = message.get(4..).ok_or("truncated message")?,
+            _ => return Err("not a health check response"),
         }
-        Err(_) => false,
-    };
-    endpoint.observe_health(passed, config.healthy_threshold, config.unhealthy_threshold);
+    }
+    Ok(status)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn take_varint(input: &mut &[u8]) -> Result<u64, &'static str> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = input.split_first().ok_or("truncated message")?;
+        *input = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err("malformed varint")
 }
 
 #[cfg(test)]
@@ -226,5 +355,26 @@ mod tests {
     #[test]
     fn unchecked_services_start_healthy() {
         assert!(Health::new(false).is_healthy());
+    }
+
+    #[test]
+    fn grpc_health_messages_are_encoded_and_read_as_protobuf() {
+        assert_eq!(check_request(""), b"");
+        assert_eq!(check_request("a.B"), b"\x0a\x03a.B");
+        let long = "s".repeat(200);
+        let encoded = check_request(&long);
+        assert_eq!(&encoded[..3], b"\x0a\xc8\x01");
+
+        assert_eq!(serving_status(b"\x08\x01"), Ok(SERVING));
+        assert_eq!(serving_status(b""), Ok(0));
+        assert_eq!(serving_status(b"\x08\x02"), Ok(2));
+        // Unknown fields of every wire type are skipped.
+        assert_eq!(
+            serving_status(b"\x10\x05\x1a\x02hi\x25\x00\x00\x00\x00\x08\x01"),
+            Ok(SERVING)
+        );
+        assert!(serving_status(b"\x08").is_err());
+        assert!(serving_status(b"\x1a\x05hi").is_err());
+        assert!(serving_status(b"\x0b").is_err());
     }
 }

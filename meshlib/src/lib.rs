@@ -33,6 +33,7 @@ pub mod config;
 pub mod deadline;
 pub mod discovery;
 mod error;
+pub mod grpc;
 pub mod health;
 mod hedge;
 pub mod http;

@@ -102,13 +102,16 @@ impl ServiceEndpoints {
         identity: Option<&Identity>,
         changes: Changes,
     ) -> Self {
-        let classifier = Arc::new(Classifier::with_retryable_statuses(
-            config
-                .retry
-                .retryable_statuses
-                .iter()
-                .filter_map(|&status| StatusCode::from_u16(status).ok()),
-        ));
+        let classifier = Arc::new(
+            Classifier::with_retryable_statuses(
+                config
+                    .retry
+                    .retryable_statuses
+                    .iter()
+                    .filter_map(|&status| StatusCode::from_u16(status).ok()),
+            )
+            .with_retryable_grpc_codes(config.retry.retryable_grpc_codes.iter().copied()),
+        );
         let balancer = Balancer::from_config(service, config, zone);
         let mut tasks = vec![AbortOnDrop(balancer.discover(changes))];
         if let Some(health) = &config.health {
@@ -142,6 +145,7 @@ impl ServiceEndpoints {
             || old.limits.max_requests_per_endpoint != config.limits.max_requests_per_endpoint
             || old.limits.max_pending != config.limits.max_pending
             || old.retry.retryable_statuses != config.retry.retryable_statuses
+            || old.retry.retryable_grpc_codes != config.retry.retryable_grpc_codes
             || old.protocol != config.protocol
             || old.connect_timeout != config.connect_timeout
             || old.discovery_timeout != config.discovery_timeout

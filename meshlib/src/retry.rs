@@ -17,6 +17,17 @@
 //! jitter, uniformly between zero and the schedule's value, which spreads the retries of many
 //! clients best. A `Retry-After` header on a retryable response is honoured when it fits in the
 //! deadline. Each retry prefers an endpoint that the request has not tried yet.
+//!
+//! gRPC calls (gRFC A44) are all POSTs, so the method says nothing: a gRPC call is retried when
+//! its status is one of the service's retryable codes (`retry.retryable_grpc_codes`), which is
+//! the service owner's statement that those codes are safe to retry, as A44's retry policy is;
+//! when its connection was never made; and after a per-try timeout only if `non_idempotent`
+//! allows it (the call may have run). Only trailers-only answers can be retried: once response
+//! headers have arrived the call is committed (see [`crate::classify`]). A server's
+//! `grpc-retry-pushback-ms` replaces the backoff for the next attempt, and a negative or
+//! malformed one means "do not retry", as A44 specifies. A streaming request body is never
+//! waited for: only what the caller has already written is buffered, so a unary call (one
+//! message, written at once) is replayable and a stream that waits for answers is sent once.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -140,10 +151,11 @@ impl Policy {
         let per_try_timeout = route.per_try_timeout.or(self.per_try_timeout);
         let non_idempotent = route.non_idempotent.unwrap_or(self.non_idempotent);
         let idempotent = non_idempotent || is_idempotent(request.method());
+        let grpc = crate::grpc::is_grpc(request.headers());
         let (parts, body) = request.into_parts();
         let body = match max_attempts {
             1 => Err(body),
-            _ => body.into_replayable(self.max_replay_bytes).await,
+            _ => body.into_replayable(self.max_replay_bytes, !grpc).await,
         };
         let body = match body {
             Ok(body) => body,
@@ -168,11 +180,12 @@ impl Policy {
 
             let (class, served_by) = match &result {
                 Ok(response) => (
-                    response
-                        .extensions()
-                        .get::<Class>()
-                        .copied()
-                        .unwrap_or_else(|| self.classifier.response(response)),
+                    match response.extensions().get::<Class>() {
+                        Some(class) => *class,
+                        // A gRPC answer classified at its end: committed, never retried.
+                        None if grpc => return result,
+                        None => self.classifier.response(response),
+                    },
                     response
                         .extensions()
                         .get::<ServedBy>()
@@ -185,15 +198,30 @@ impl Policy {
             }
             // A connection that was never made carried nothing: safe to retry whatever the method.
             let never_sent = matches!(&result, Err(error) if error.is_connect());
-            if !idempotent && !never_sent {
+            // A gRPC status the service calls retryable is its owner's word that it is safe.
+            let declared = grpc && result.is_ok();
+            if !idempotent && !never_sent && !declared {
                 return result;
             }
             let ceiling = backoff.next().unwrap_or(self.backoff_max);
             let mut wait = ceiling.mul_f64(fastrand::f64());
-            if let Ok(response) = &result
-                && let Some(after) = retry_after(response.headers())
-            {
-                wait = wait.max(after);
+            if let Ok(response) = &result {
+                if grpc {
+                    match pushback(response.headers()) {
+                        Pushback::None => {}
+                        Pushback::After(after) => {
+                            // A44: the pushback replaces the backoff, which starts over.
+                            wait = after;
+                            backoff = self.backoff.build();
+                        }
+                        Pushback::Stop => {
+                            tracing::debug!(service = %self.service, attempts, "server pushback: no retry");
+                            return result;
+                        }
+                    }
+                } else if let Some(after) = retry_after(response.headers()) {
+                    wait = wait.max(after);
+                }
             }
             if deadline.is_some_and(|deadline| deadline.remaining() <= wait) {
                 return result;
@@ -257,6 +285,35 @@ pub(crate) fn clone_request(parts: &http::request::Parts, body: Body) -> Request
     request
 }
 
+/// What a gRPC server's `grpc-retry-pushback-ms` asks.
+#[derive(Debug, PartialEq, Eq)]
+enum Pushback {
+    /// No pushback: the usual backoff.
+    None,
+    /// Retry after exactly this long.
+    After(Duration),
+    /// A negative or malformed value: do not retry (gRFC A44).
+    Stop,
+}
+
+fn pushback(headers: &HeaderMap) -> Pushback {
+    let Some(value) = headers.get(crate::grpc::PUSHBACK_HEADER) else {
+        return Pushback::None;
+    };
+    let millis = value.to_str().ok().map(str::trim).and_then(|value| {
+        // Digits only: `+5` and `-0` are not what A44's "non-negative integer" means.
+        value
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| value.parse::<u64>().ok())
+            .flatten()
+    });
+    match millis {
+        Some(millis) => Pushback::After(Duration::from_millis(millis)),
+        None => Pushback::Stop,
+    }
+}
+
 /// `Retry-After` as seconds or an HTTP date.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers
@@ -294,6 +351,24 @@ mod tests {
 
         headers.insert(http::header::RETRY_AFTER, "soon".parse().unwrap());
         assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn grpc_pushback_delays_or_stops_retries() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(pushback(&headers), Pushback::None);
+        for (value, expected) in [
+            ("250", Pushback::After(Duration::from_millis(250))),
+            ("0", Pushback::After(Duration::ZERO)),
+            ("-1", Pushback::Stop),
+            ("soon", Pushback::Stop),
+            ("", Pushback::Stop),
+            ("1.5", Pushback::Stop),
+            ("99999999999999999999999", Pushback::Stop),
+        ] {
+            headers.insert(crate::grpc::PUSHBACK_HEADER, value.parse().unwrap());
+            assert_eq!(pushback(&headers), expected, "{value:?}");
+        }
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! extensions: the retry layer stops when it has passed, each attempt is cut off at it, and the
 //! endpoint layer announces the time left to the next hop. A request whose deadline has passed
 //! before it starts fails at once, without reaching an endpoint.
+//!
+//! A gRPC call may also carry its own `grpc-timeout` (tonic's `Request::set_timeout`); the
+//! sooner of that and the rest wins. The deadline covers the wait for the response head: the
+//! messages of a streaming answer arrive after it, bounded by the server, which was told the
+//! time left.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -71,7 +76,12 @@ where
             .get::<Routed>()
             .and_then(|routed| routed.route.timeout)
             .unwrap_or(self.timeout);
-        let own = Deadline::after(timeout);
+        let mut own = Deadline::after(timeout);
+        if crate::grpc::is_grpc(request.headers())
+            && let Some(asked) = Deadline::from_headers(request.headers())
+        {
+            own = own.min(asked);
+        }
         let deadline = Deadline::current().map_or(own, |inherited| inherited.min(own));
         let allowed = deadline.remaining();
         if allowed.is_zero() {

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod dns;
+pub mod grpc;
 pub mod mtls;
 pub mod routing;
 pub mod server;

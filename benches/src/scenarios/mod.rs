@@ -5,6 +5,7 @@
 //! measures decides that (a current-thread runtime to pin a client to one core, none at all for a
 //! data-structure benchmark). To add one, write its module and add an entry to [`ALL`].
 
+mod grpc_overhead;
 mod lb_scale;
 mod mtls;
 mod overhead;
@@ -40,6 +41,11 @@ pub const ALL: &[Scenario] = &[
         name: "lb-scale",
         about: "P2C pick cost, endpoint-set update time and memory at 10 to 10000 endpoints",
         run: lb_scale::run,
+    },
+    Scenario {
+        name: "grpc-overhead",
+        about: "plain tonic Channel vs the meshlib gRPC channel against one tonic server: rps, latency",
+        run: grpc_overhead::run,
     },
     Scenario {
         name: "routing",

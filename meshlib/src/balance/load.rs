@@ -109,12 +109,21 @@ impl Load {
         self.pending.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records a finished request: its latency and, unless the caller gave up before an answer,
-    /// how it was classified.
-    pub(crate) fn finish(&self, sent_at: Instant, class: Option<Class>) {
+    /// Records a finished request: its latency (to `responded_at` if given, else to now) and,
+    /// unless the caller gave up before an answer, how it was classified.
+    pub(crate) fn finish(
+        &self,
+        sent_at: Instant,
+        responded_at: Option<Instant>,
+        class: Option<Class>,
+    ) {
         self.pending.fetch_sub(1, Ordering::Relaxed);
         let now = Instant::now();
-        let rtt = nanos(now.saturating_duration_since(sent_at));
+        let rtt = nanos(
+            responded_at
+                .unwrap_or(now)
+                .saturating_duration_since(sent_at),
+        );
         let mut estimate = self.estimate.lock().unwrap_or_else(PoisonError::into_inner);
         let keep = estimate.age(now, self.decay_ns);
         // The first answer replaces the default outright: blended in, a 1 ms endpoint would

@@ -186,6 +186,7 @@ impl BalancedEndpoint {
         InFlight {
             endpoint: Some(Arc::clone(self)),
             sent_at: now,
+            responded_at: None,
             probe,
         }
     }
@@ -259,9 +260,15 @@ impl BalancedEndpoint {
         self.status.changed.notify_waiters();
     }
 
-    fn record(&self, sent_at: Instant, class: Option<Class>, probe: bool) {
+    fn record(
+        &self,
+        sent_at: Instant,
+        responded_at: Option<Instant>,
+        class: Option<Class>,
+        probe: bool,
+    ) {
         let Some(class) = class else {
-            self.load.finish(sent_at, None);
+            self.load.finish(sent_at, responded_at, None);
             if probe {
                 self.breaker.probe_abandoned();
             }
@@ -283,7 +290,7 @@ impl BalancedEndpoint {
             }
             _ => (self.breaker.state() == BreakerState::Closed).then_some(class),
         };
-        self.load.finish(sent_at, counted);
+        self.load.finish(sent_at, responded_at, counted);
         match transition {
             Transition::None => {}
             Transition::Ejected(ejection, reason) => {
@@ -315,6 +322,9 @@ impl BalancedEndpoint {
 pub struct InFlight {
     endpoint: Option<Arc<BalancedEndpoint>>,
     sent_at: Instant,
+    /// When the response head arrived, for a request that stays in flight while its body
+    /// streams: its latency ends here, not when it finishes.
+    responded_at: Option<Instant>,
     /// Whether this request is the probe of an ejected endpoint, whose outcome decides.
     probe: bool,
 }
@@ -327,10 +337,17 @@ impl InFlight {
             .expect("endpoint is present until finished")
     }
 
+    /// Marks the response head's arrival: the request's latency is measured to now, while it
+    /// stays in flight (counted as load) until finished or dropped. For answers whose outcome
+    /// comes at the end of a stream, such as gRPC's trailers.
+    pub fn responded(&mut self) {
+        self.responded_at = Some(Instant::now());
+    }
+
     /// Records the request's latency and class.
     pub fn finish(mut self, class: Class) {
         if let Some(endpoint) = self.endpoint.take() {
-            endpoint.record(self.sent_at, Some(class), self.probe);
+            endpoint.record(self.sent_at, self.responded_at, Some(class), self.probe);
         }
     }
 }
@@ -338,7 +355,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(endpoint) = self.endpoint.take() {
-            endpoint.record(self.sent_at, None, self.probe);
+            endpoint.record(self.sent_at, self.responded_at, None, self.probe);
         }
     }
 }

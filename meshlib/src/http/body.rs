@@ -12,6 +12,7 @@ use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
 
 use crate::Error;
+use crate::classify::EndOfStream;
 use crate::error::BoxError;
 
 /// The body of requests and responses that pass through the mesh.
@@ -29,6 +30,9 @@ enum Kind {
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
     /// Frames already read (while trying to buffer the body for retries), then the rest.
     Prefixed(Box<(VecDeque<Frame<Bytes>>, Body)>),
+    /// A response whose class is decided at its end (gRPC's trailers): the body, and the
+    /// classification waiting for it until then.
+    Classified(Box<(Body, Option<EndOfStream>)>),
 }
 
 impl Body {
@@ -85,6 +89,14 @@ impl Body {
 }
 
 impl Body {
+    /// This body, classified by `end` when its trailers pass, when it ends without them, or
+    /// when it fails.
+    pub(crate) fn classified(self, end: EndOfStream) -> Self {
+        Self {
+            kind: Kind::Classified(Box::new((self, Some(end)))),
+        }
+    }
+
     /// A copy of a body held in memory; `None` for one that streams.
     pub(crate) fn try_clone(&self) -> Option<Body> {
         match &self.kind {
@@ -99,7 +111,11 @@ impl Body {
     /// Reads the whole body into memory if it is at most `limit` bytes and has no trailers, so
     /// that it can be sent again. Otherwise gives back a body that yields exactly what this one
     /// would have.
-    pub(crate) async fn into_replayable(self, limit: usize) -> Result<Bytes, Body> {
+    ///
+    /// With `wait` false, only what the body has ready now is read: a body that would make the
+    /// caller wait is given back as streaming. A gRPC streaming request may hold its next
+    /// message until it has read a response, and waiting for its end would never end.
+    pub(crate) async fn into_replayable(self, limit: usize, wait: bool) -> Result<Bytes, Body> {
         let mut body = match self.kind {
             Kind::Empty => return Ok(Bytes::new()),
             Kind::Full(data) => {
@@ -118,7 +134,19 @@ impl Body {
         let mut frames = VecDeque::new();
         let mut length = 0;
         loop {
-            match body.frame().await {
+            let next = if wait {
+                body.frame().await
+            } else {
+                match futures_util::FutureExt::now_or_never(body.frame()) {
+                    Some(next) => next,
+                    None => {
+                        return Err(Self {
+                            kind: Kind::Prefixed(Box::new((frames, body))),
+                        });
+                    }
+                }
+            };
+            match next {
                 None => break,
                 Some(Ok(frame)) => {
                     let over = match frame.data_ref() {
@@ -176,6 +204,7 @@ impl fmt::Debug for Body {
             Kind::Incoming(_) => "incoming",
             Kind::Boxed(_) => "boxed",
             Kind::Prefixed(_) => "prefixed",
+            Kind::Classified(_) => "classified",
         };
         f.debug_tuple("Body").field(&kind).finish()
     }
@@ -239,6 +268,31 @@ impl http_body::Body for Body {
                     None => Pin::new(rest).poll_frame(cx),
                 }
             }
+            Kind::Classified(classified) => {
+                let (body, end) = &mut **classified;
+                let polled = Pin::new(body).poll_frame(cx);
+                match &polled {
+                    Poll::Pending => {}
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(trailers) = frame.trailers_ref()
+                            && let Some(end) = end.take()
+                        {
+                            end.end(Some(trailers));
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(end) = end.take() {
+                            end.end(None);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        if let Some(end) = end.take() {
+                            end.failed();
+                        }
+                    }
+                }
+                polled
+            }
         }
     }
 
@@ -249,6 +303,8 @@ impl http_body::Body for Body {
             Kind::Incoming(incoming) => incoming.is_end_stream(),
             Kind::Boxed(boxed) => boxed.is_end_stream(),
             Kind::Prefixed(prefixed) => prefixed.0.is_empty() && prefixed.1.is_end_stream(),
+            // Not ended until the classification has seen the end.
+            Kind::Classified(classified) => classified.1.is_none() && classified.0.is_end_stream(),
         }
     }
 
@@ -259,6 +315,7 @@ impl http_body::Body for Body {
             Kind::Incoming(incoming) => incoming.size_hint(),
             Kind::Boxed(boxed) => boxed.size_hint(),
             Kind::Prefixed(_) => SizeHint::default(),
+            Kind::Classified(classified) => classified.0.size_hint(),
         }
     }
 }
@@ -295,24 +352,63 @@ mod tests {
 
     #[tokio::test]
     async fn small_bodies_are_buffered_for_replay() {
-        assert_eq!(Body::from("abc").into_replayable(3).await.unwrap(), "abc");
         assert_eq!(
-            chunks(&["ab", "cd"]).into_replayable(4).await.unwrap(),
+            Body::from("abc").into_replayable(3, true).await.unwrap(),
+            "abc"
+        );
+        assert_eq!(
+            chunks(&["ab", "cd"])
+                .into_replayable(4, true)
+                .await
+                .unwrap(),
             "abcd"
         );
-        assert_eq!(Body::empty().into_replayable(0).await.unwrap(), "");
+        assert_eq!(Body::empty().into_replayable(0, true).await.unwrap(), "");
     }
 
     #[tokio::test]
     async fn large_bodies_are_given_back_whole() {
-        let body = Body::from("abcdef").into_replayable(5).await.unwrap_err();
+        let body = Body::from("abcdef")
+            .into_replayable(5, true)
+            .await
+            .unwrap_err();
         assert_eq!(collect(body).await, "abcdef");
         let body = chunks(&["ab", "cd", "ef"])
-            .into_replayable(3)
+            .into_replayable(3, true)
             .await
             .unwrap_err();
         assert!(matches!(body.kind, Kind::Prefixed(_)));
         assert_eq!(collect(body).await, "abcdef");
+    }
+
+    #[tokio::test]
+    async fn bodies_not_ready_are_not_waited_for_when_asked() {
+        let (sender, receiver) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+        sender
+            .send(Ok(Frame::data(Bytes::from_static(b"ab"))))
+            .await
+            .unwrap();
+        let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|item| (item, receiver))
+        });
+        let body = Body::new(http_body_util::StreamBody::new(stream));
+        // The first frame is there, the second is not yet: given back, nothing lost.
+        let body = body.into_replayable(10, false).await.unwrap_err();
+        sender
+            .send(Ok(Frame::data(Bytes::from_static(b"cd"))))
+            .await
+            .unwrap();
+        drop(sender);
+        assert_eq!(collect(body).await, "abcd");
+        // Ready at once: buffered as with waiting.
+        assert_eq!(
+            chunks(&["ab", "cd"])
+                .into_replayable(4, false)
+                .await
+                .unwrap(),
+            "abcd"
+        );
     }
 
     #[tokio::test]

@@ -1,5 +1,9 @@
 //! The innermost layer of the outbound stack: pick an endpoint, send the request to it over a
 //! pooled connection, classify the answer once.
+//!
+//! A gRPC request (by its content type) is told its time left as `grpc-timeout` instead of
+//! `x-mesh-timeout-ms`, and its answer is classified by its `grpc-status`: at the head when the
+//! head carries it, at the end of the body otherwise (see [`crate::classify`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use super::connect::Connector;
 use super::{Body, ResponseFuture};
 use crate::Error;
 use crate::balance::{BalancedEndpoint, Balancer, Target, Unavailable};
-use crate::classify::Classifier;
+use crate::classify::{self, Classifier, EndOfStream};
 use crate::config::{Protocol, ServiceConfig};
 use crate::deadline::Deadline;
 use crate::identity::Identity;
@@ -116,6 +120,7 @@ impl Inner {
             avoid: &attempt.avoid,
         };
         let endpoint = self.pick(&target, attempt.deadline).await?;
+        let grpc = crate::grpc::is_grpc(request.headers());
 
         let uri = std::mem::take(request.uri_mut());
         let mut parts = uri.into_parts();
@@ -132,11 +137,15 @@ impl Inner {
         }
         *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are set");
         if let Some(deadline) = attempt.deadline {
-            deadline.announce(request.headers_mut());
+            if grpc {
+                deadline.announce_grpc(request.headers_mut());
+            } else {
+                deadline.announce(request.headers_mut());
+            }
         }
 
         let addr = endpoint.endpoint().addr();
-        let in_flight = endpoint.start();
+        let mut in_flight = endpoint.start();
         let sent = self.client.request(request);
         let result = match attempt.deadline.filter(|_| attempt.per_try) {
             None => sent.await,
@@ -153,6 +162,28 @@ impl Inner {
             }
         };
         match result {
+            Ok(response) if grpc => {
+                let mut response = match self.classifier.grpc_head(&response) {
+                    Some((class, code)) => {
+                        classify::record_code(&tracing::Span::current(), code);
+                        in_flight.finish(class);
+                        let mut response = response.map(Body::from);
+                        response.extensions_mut().insert(class);
+                        response
+                    }
+                    None => {
+                        in_flight.responded();
+                        let end = EndOfStream::new(
+                            in_flight,
+                            Arc::clone(&self.classifier),
+                            tracing::Span::current(),
+                        );
+                        response.map(|body| Body::from(body).classified(end))
+                    }
+                };
+                response.extensions_mut().insert(ServedBy(addr));
+                Ok(response)
+            }
             Ok(response) => {
                 let class = self.classifier.response(&response);
                 in_flight.finish(class);

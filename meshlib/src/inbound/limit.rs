@@ -1,6 +1,10 @@
 //! Server-side load shedding: over the rate limit a request gets 429, over the concurrency limit
 //! 503, at once and without reaching the application, as Envoy's local rate limit and overload
 //! manager answer. The rate limiter is the same token bucket the client side uses.
+//!
+//! A gRPC caller gets the same refusals in gRPC's terms, as trailers-only responses: over the
+//! rate limit RESOURCE_EXHAUSTED (not retried by default, as 429 is not), over the concurrency
+//! limit UNAVAILABLE (retried on another endpoint by default, as 503 is).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +14,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response, StatusCode};
 
 use crate::config::ServerLimitsConfig;
+use crate::grpc::Code;
 use crate::http::Body;
 use crate::limit::{Concurrency, RateLimit};
 
@@ -57,7 +62,20 @@ impl<S> tower::Layer<S> for ServerLimitLayer {
     }
 }
 
-fn refuse<E>(status: StatusCode, reason: &'static str) -> Result<Response<Body>, E> {
+fn refuse<E>(grpc: bool, status: StatusCode, reason: &'static str) -> Result<Response<Body>, E> {
+    if grpc {
+        let code = if status == StatusCode::TOO_MANY_REQUESTS {
+            Code::ResourceExhausted
+        } else {
+            Code::Unavailable
+        };
+        return Ok(Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(crate::grpc::STATUS_HEADER, code.number())
+            .header("grpc-message", reason.trim_end())
+            .body(Body::empty())
+            .expect("a static response is valid"));
+    }
     Ok(Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
@@ -86,6 +104,7 @@ where
         {
             tracing::debug!(server = %state.server, path = request.uri().path(), "rate limited");
             return Box::pin(std::future::ready(refuse(
+                crate::grpc::is_grpc(request.headers()),
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate limited\n",
             )));
@@ -97,6 +116,7 @@ where
                 None => {
                     tracing::debug!(server = %state.server, path = request.uri().path(), "overloaded");
                     return Box::pin(std::future::ready(refuse(
+                        crate::grpc::is_grpc(request.headers()),
                         StatusCode::SERVICE_UNAVAILABLE,
                         "overloaded\n",
                     )));

@@ -10,6 +10,12 @@
 //! `http::Request<meshlib::Body>`, such as an axum `Router`. Refusals happen before the
 //! application does any work, and authorization before the limits, so that callers who may not
 //! call cannot spend the quota of those who may.
+//!
+//! A tonic server is such a service too (`tonic::service::Routes`, or a generated
+//! `FooServer`), served over HTTP/2 from the same listener; `meshlib-grpc`'s `GrpcServer` adds
+//! the gRPC health service to it. For gRPC callers the caller's `grpc-timeout` is the deadline
+//! and load is shed with gRPC statuses. A gRPC method's full name is the request path
+//! (`/package.Service/Method`), which is what authorization by path matches.
 
 mod authz;
 mod limit;
@@ -117,8 +123,8 @@ impl Server {
     /// 1. authorization: the first matching rule allows or denies; denied, 403 with the rule's
     ///    name, and the application never sees the request;
     /// 2. limits: over the rate limit, 429; over the concurrency limit, 503;
-    /// 3. deadline: the caller's `x-mesh-timeout-ms` becomes the current deadline, which the
-    ///    handler's own meshlib calls respect;
+    /// 3. deadline: the caller's `x-mesh-timeout-ms` (or `grpc-timeout`) becomes the current
+    ///    deadline, which the handler's own meshlib calls respect;
     /// 4. the application, its response body carried as a [`Body`].
     pub fn layer<S>(&self, app: S) -> Inbound<S> {
         ServiceBuilder::new()

@@ -1,0 +1,138 @@
+//! The client side: a tonic channel made of a mesh client.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use meshlib::config::{ConfigError, Protocol};
+use meshlib::grpc::RpcMethod;
+use meshlib::{Body, HttpClient, Mesh};
+use tonic::{Code, Status};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The channel for `service`, a destination service of `mesh` whose `protocol` is `"http2"`.
+///
+/// gRPC needs HTTP/2, and the channel *requires* the configuration to say so rather than forcing
+/// it: the service's HTTP client, its connection pool and its endpoints are shared by every
+/// client of the service, and the configuration stays the one place that says how they connect.
+/// A service configured otherwise is an error naming `services.<name>.protocol`.
+///
+/// Must be called from within a tokio runtime: discovery for the service starts here.
+pub fn channel(mesh: &Mesh, service: &str) -> Result<GrpcChannel, meshlib::Error> {
+    let config = mesh.config();
+    if let Some(config) = config.services.get(service)
+        && config.protocol != Protocol::Http2
+    {
+        return Err(ConfigError::new(
+            format!("services.{service}.protocol"),
+            "is not \"http2\", and gRPC needs HTTP/2: set protocol = \"http2\"",
+        )
+        .into());
+    }
+    Ok(GrpcChannel {
+        client: mesh.http_client(service)?,
+    })
+}
+
+/// A tonic channel running meshlib's outbound stack: give it to any tonic-generated client
+/// (`RatingsClient::new(channel)`) or to [`tonic::client::Grpc`]. See [`channel`].
+///
+/// Cloning is cheap (clones share everything); readiness is decided per call, so a client never
+/// waits in `poll_ready`.
+#[derive(Clone, Debug)]
+pub struct GrpcChannel {
+    client: HttpClient,
+}
+
+impl GrpcChannel {
+    /// The destination service's name.
+    pub fn service(&self) -> &str {
+        self.client.service()
+    }
+
+    /// The HTTP client underneath, for its balancer and endpoints.
+    pub fn http_client(&self) -> &HttpClient {
+        &self.client
+    }
+}
+
+impl<B> tower_service::Service<http::Request<B>> for GrpcChannel
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = http::Response<Body>;
+    type Error = Status;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> ResponseFuture {
+        if let Some(method) = request
+            .uri()
+            .path_and_query()
+            .and_then(RpcMethod::from_path)
+        {
+            // Recorded only if the span declared the fields: free when nobody listens.
+            let span = tracing::Span::current();
+            if !span.is_disabled() {
+                span.record("rpc.system", "grpc");
+                span.record("rpc.service", method.service());
+                span.record("rpc.method", method.method());
+            }
+            request.extensions_mut().insert(method);
+        }
+        ResponseFuture {
+            inner: tower_service::Service::call(&mut self.client, request),
+        }
+    }
+}
+
+/// The future of a [`GrpcChannel`] call.
+pub struct ResponseFuture {
+    inner: meshlib::http::ResponseFuture,
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<Body>, Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx).map_err(status)
+    }
+}
+
+/// The gRPC status a caller sees for a mesh error, by the codes gRPC's own libraries use for the
+/// same situations ("Status codes and their use in gRPC"):
+///
+/// - the deadline passed: DEADLINE_EXCEEDED;
+/// - no endpoint, every endpoint ejected, no connection, or the connection lost: UNAVAILABLE
+///   (what a gRPC client reports when no subchannel is ready or the transport fails);
+/// - a local concurrency or rate limit: RESOURCE_EXHAUSTED (gRPC's code for client-side limits).
+///
+/// The mesh error is the status's source, so a caller can still ask it
+/// (`status.source()?.downcast_ref::<meshlib::Error>()`).
+pub fn status(error: meshlib::Error) -> Status {
+    let code = if error.is_timeout() {
+        Code::DeadlineExceeded
+    } else if error.is_overloaded() || error.is_rate_limited() {
+        Code::ResourceExhausted
+    } else if error.is_config() || error.is_unknown_service() {
+        Code::Internal
+    } else {
+        Code::Unavailable
+    };
+    let mut status = Status::new(code, error.to_string());
+    status.set_source(Arc::new(error));
+    status
+}
