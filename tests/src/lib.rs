@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod dns;
+pub mod kafka;
 pub mod server;
 
 pub use app::AppServer;
