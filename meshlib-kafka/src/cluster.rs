@@ -282,8 +282,9 @@ impl ClusterBreaker {
         }
     }
 
-    /// Whether a record may be sent now, and whether it is the probe.
-    pub(crate) fn admit(&self) -> Result<bool, Error> {
+    /// Admits a record if the breaker lets it through; the ticket says whether it is the probe
+    /// and must be given its outcome.
+    pub(crate) fn admit(&self) -> Result<Ticket<'_>, Error> {
         let now = Instant::now();
         if !self.breaker.is_ready(now) {
             return Err(Error::circuit_open(&self.cluster));
@@ -292,10 +293,14 @@ impl ClusterBreaker {
         if probe {
             self.report(Transition::None);
         }
-        Ok(probe)
+        Ok(Ticket {
+            breaker: self,
+            probe,
+            done: false,
+        })
     }
 
-    pub(crate) fn record(&self, success: bool, probe: bool) {
+    fn record(&self, success: bool, probe: bool) {
         let class = if success {
             meshlib::classify::Class::Success
         } else {
@@ -305,12 +310,6 @@ impl ClusterBreaker {
             .breaker
             .record(&self.config, class, probe, Instant::now());
         self.report(transition);
-    }
-
-    pub(crate) fn abandon(&self, probe: bool) {
-        if probe {
-            self.breaker.probe_abandoned();
-        }
     }
 
     fn all_brokers_down(&self) {
@@ -335,6 +334,31 @@ impl ClusterBreaker {
 
     pub(crate) fn state(&self) -> BreakerState {
         self.breaker.state()
+    }
+}
+
+/// One admitted record's place in the breaker. A probe whose send is refused before it leaves,
+/// or whose caller stops waiting, is abandoned on drop so that the next record probes instead of
+/// the breaker waiting for an outcome that never comes.
+pub(crate) struct Ticket<'a> {
+    breaker: &'a ClusterBreaker,
+    probe: bool,
+    done: bool,
+}
+
+impl Ticket<'_> {
+    /// The record's outcome: `success` when the cluster answered (even by refusing the record).
+    pub(crate) fn record(mut self, success: bool) {
+        self.done = true;
+        self.breaker.record(success, self.probe);
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.done {
+            self.breaker.breaker.probe_abandoned();
+        }
     }
 }
 

@@ -16,8 +16,8 @@
 //!   partitions, waits with a backoff that doubles per pause (full jitter), and tries the same
 //!   record again; attempts are not counted. It keeps polling while paused, so the group does not
 //!   evict it, and partitions assigned meanwhile start paused.
-//! - **Rebalances.** Stored offsets are committed synchronously before partitions are revoked,
-//!   so the next owner starts where this one stopped. A record whose partition was revoked while
+//! - **Rebalances.** Stored offsets are committed by librdkafka as partitions are revoked, so
+//!   the next owner starts where this one stopped. A record whose partition was revoked while
 //!   it was handled cannot have its offset stored; its next owner handles it again (at least
 //!   once).
 //!
@@ -186,17 +186,10 @@ impl ConsumerState {
 impl ConsumerContext for MeshContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
-            // What was handled is committed before another member takes over, so it is not
-            // handled twice.
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) => {}
-                Err(error)
-                    if error.rdkafka_error_code()
-                        == Some(rdkafka::error::RDKafkaErrorCode::NoOffset) => {}
-                Err(error) => {
-                    tracing::warn!(cluster = %self.cluster, %error, "commit before revocation failed");
-                }
-            }
+            // With auto-commit on, librdkafka commits the stored offsets itself as part of the
+            // revocation, before another member takes over. A synchronous commit from inside
+            // this callback would wait on the very queue the callback is serving.
+            let _ = consumer;
             tracing::info!(cluster = %self.cluster, partitions = partitions.count(), "partitions revoked");
         }
     }

@@ -162,21 +162,17 @@ impl Producer {
         {
             return refuse(error);
         }
-        let probe = match inner.breaker.admit() {
-            Ok(probe) => probe,
+        let ticket = match inner.breaker.admit() {
+            Ok(ticket) => ticket,
             Err(error) => return refuse(error),
         };
         let size = record.size();
         if let Err(error) = inner.limit(topic, size) {
-            inner.breaker.abandon(probe);
             return refuse(error);
         }
         let _slot = match inner.reserve(size) {
             Ok(slot) => slot,
-            Err(error) => {
-                inner.breaker.abandon(probe);
-                return refuse(error);
-            }
+            Err(error) => return refuse(error),
         };
 
         let ids = SpanIds::child_of_current();
@@ -217,7 +213,7 @@ impl Producer {
             .record(crate::telemetry::seconds(started.elapsed()));
         match &result {
             Ok(delivery) => {
-                inner.breaker.record(true, probe);
+                ticket.record(true);
                 metrics.sent.increment(1);
                 metrics.sent_bytes.increment(size as u64);
                 span.record("messaging.destination.partition.id", delivery.partition);
@@ -226,7 +222,7 @@ impl Producer {
             Err(error) => {
                 // Only failures that say the cluster is unwell count against it; a record the
                 // broker refused for itself (too large, bad topic) says nothing about the cluster.
-                inner.breaker.record(!error.is_retriable(), probe);
+                ticket.record(!error.is_retriable());
                 crate::telemetry::error(topic, "send", error.kind_name());
                 span.record("error.type", error.kind_name());
                 tracing::debug!(parent: &span, %error, "send failed");

@@ -11,8 +11,11 @@ use tower::{Layer as _, ServiceExt as _};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_tapped_without_waiting_for_kafka() {
-    let embedded = EmbeddedCluster::new(1).unwrap();
+    // Two brokers, audit led by broker 1: with it down the cluster is reachable (its breaker
+    // stays closed) but audit events cannot be acknowledged.
+    let embedded = EmbeddedCluster::new(2).unwrap();
     embedded.create_topic("audit", 1).unwrap();
+    embedded.partition_leader("audit", 0, 1).unwrap();
     let events = kafka::connect(&embedded, "").await;
     let producer = events.producer().unwrap();
     let tap = TapLayer::new(producer.clone(), "audit").header(HeaderName::from_static("x-user"));
@@ -56,7 +59,7 @@ async fn requests_are_tapped_without_waiting_for_kafka() {
     );
     assert!(missing["latency_ms"].as_f64().is_some());
 
-    // The only broker down: the response does not wait for the event.
+    // The audit leader down: the response does not wait for the event.
     embedded.broker_down(1).unwrap();
     let response = tokio::time::timeout(
         Duration::from_secs(2),
