@@ -29,7 +29,7 @@ const PARTITIONS: i32 = 6;
 const WINDOW: usize = 10_000;
 
 /// Runs the scenario with `records` records per variant and returns its JSON line.
-pub async fn run(records: usize) -> serde_json::Value {
+pub(crate) async fn run(records: usize) -> serde_json::Value {
     let embedded = EmbeddedCluster::new(1).expect("embedded cluster");
     embedded.create_topic(TOPIC, PARTITIONS).expect("topic");
     let bootstrap = embedded.bootstrap_servers();
