@@ -13,6 +13,10 @@
 //!
 //! Requests read the state with one atomic load. Outcomes are recorded under a small lock that
 //! only that endpoint's responses contend for.
+//!
+//! [`Breaker`] is public so that integrations guard other things than one HTTP endpoint with the
+//! same state machine: meshlib-kafka keeps one per Kafka cluster for its producers, and trips it
+//! at once when librdkafka reports every broker down.
 
 use std::sync::Mutex;
 use std::sync::PoisonError;
@@ -31,9 +35,10 @@ const HALF_OPEN: u8 = 2;
 /// Buckets the sliding window is divided into.
 const BUCKETS: usize = 10;
 
-/// The breaker state of one endpoint.
+/// The breaker state of one endpoint (or of anything else that fails as a whole, such as a Kafka
+/// cluster): closed, open for an ejection time, then half-open for exactly one probe.
 #[derive(Debug)]
-pub(crate) struct Breaker {
+pub struct Breaker {
     state: AtomicU8,
     /// When an open breaker lets its probe through, in nanoseconds since `epoch`.
     probe_at: AtomicU64,
@@ -52,7 +57,9 @@ struct Record {
 
 /// What a recorded outcome did to the breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Transition {
+#[non_exhaustive]
+pub enum Transition {
+    /// Nothing changed.
     None,
     /// The endpoint was ejected, for this long, for this reason.
     Ejected(Duration, &'static str),
@@ -71,8 +78,15 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl Default for Breaker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Breaker {
-    pub(crate) fn new() -> Self {
+    /// A closed breaker.
+    pub fn new() -> Self {
         Self {
             state: AtomicU8::new(CLOSED),
             probe_at: AtomicU64::new(0),
@@ -85,7 +99,8 @@ impl Breaker {
         now.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
-    pub(crate) fn state(&self) -> BreakerState {
+    /// The state now.
+    pub fn state(&self) -> BreakerState {
         match self.state.load(Ordering::Acquire) {
             CLOSED => BreakerState::Closed,
             OPEN => BreakerState::Open,
@@ -94,7 +109,7 @@ impl Breaker {
     }
 
     /// Whether a request may be sent: always when closed; when open, once the ejection ran out.
-    pub(crate) fn is_ready(&self, now: Instant) -> bool {
+    pub fn is_ready(&self, now: Instant) -> bool {
         match self.state.load(Ordering::Acquire) {
             CLOSED => true,
             OPEN => self.since_epoch(now) >= self.probe_at.load(Ordering::Acquire),
@@ -104,7 +119,7 @@ impl Breaker {
 
     /// Called when a request is sent: the first request after an ejection ran out is the probe.
     /// Returns `true` if this request is the probe.
-    pub(crate) fn on_send(&self, now: Instant) -> bool {
+    pub fn on_send(&self, now: Instant) -> bool {
         self.state.load(Ordering::Acquire) == OPEN
             && self.since_epoch(now) >= self.probe_at.load(Ordering::Acquire)
             && self
@@ -114,7 +129,7 @@ impl Breaker {
     }
 
     /// Records a request's outcome; `probe` is what [`Breaker::on_send`] said when it was sent.
-    pub(crate) fn record(
+    pub fn record(
         &self,
         config: &BreakerConfig,
         class: Class,
@@ -155,10 +170,21 @@ impl Breaker {
 
     /// The probe ended without an outcome (its caller gave up): the next request probes
     /// instead, rather than the endpoint waiting out of rotation for an answer that never comes.
-    pub(crate) fn probe_abandoned(&self) {
+    pub fn probe_abandoned(&self) {
         let _ = self
             .state
             .compare_exchange(HALF_OPEN, OPEN, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Opens a closed breaker at once, for a failure known without counting outcomes (a Kafka
+    /// client reporting every broker down). An open or half-open breaker is left as it is: its
+    /// probe decides.
+    pub fn trip(&self, config: &BreakerConfig, now: Instant, reason: &'static str) -> Transition {
+        let mut record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.state.load(Ordering::Acquire) != CLOSED {
+            return Transition::None;
+        }
+        self.eject(&mut record, config, now, reason)
     }
 
     fn eject(

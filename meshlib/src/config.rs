@@ -16,6 +16,13 @@ use std::time::Duration;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod kafka;
+
+pub use self::kafka::{
+    KAFKA_RESERVED_SETTINGS, KafkaConfig, KafkaConsumerConfig, KafkaProducerConfig,
+    KafkaRateLimitConfig, KafkaRetryConfig, KafkaTlsConfig, KafkaTopicConfig,
+    KafkaTopicRouteConfig, KafkaTopicSplitConfig, StartOffset,
+};
 use crate::discovery::{Endpoint, RecordKind};
 use crate::identity::SpiffeId;
 use crate::inbound::AuthorizationRule;
@@ -39,6 +46,10 @@ pub struct MeshConfig {
     /// Services this process serves, by name, the name given to `Mesh::server`.
     #[serde(default)]
     pub servers: BTreeMap<String, ServerConfig>,
+    /// Kafka clusters by name, the name given to meshlib-kafka. Names are shared with
+    /// `services`: a resolver given in code under a name discovers that cluster or service.
+    #[serde(default)]
+    pub kafka: BTreeMap<String, KafkaConfig>,
     /// This process's workload identity, for mTLS on both sides; none by default (plaintext).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentityConfig>,
@@ -940,6 +951,13 @@ impl MeshConfig {
         self
     }
 
+    /// Adds (or replaces) a Kafka cluster.
+    #[must_use]
+    pub fn with_kafka(mut self, name: impl Into<String>, cluster: KafkaConfig) -> Self {
+        self.kafka.insert(name.into(), cluster);
+        self
+    }
+
     fn resolve_paths(&mut self, dir: &Path) {
         if let Some(identity) = &mut self.identity {
             for path in [&mut identity.cert, &mut identity.key, &mut identity.bundle] {
@@ -954,6 +972,9 @@ impl MeshConfig {
             {
                 *path = dir.join(&*path);
             }
+        }
+        for cluster in self.kafka.values_mut() {
+            cluster.resolve_paths(dir);
         }
     }
 
@@ -981,6 +1002,18 @@ impl MeshConfig {
                 if path.as_os_str().is_empty() {
                     return Err(ConfigError::new(key, "is empty"));
                 }
+            }
+        }
+        for (name, cluster) in &self.kafka {
+            if self.services.contains_key(name) {
+                return Err(ConfigError::new(
+                    format!("kafka.{name}"),
+                    "a service has the same name: clusters and services share one namespace",
+                ));
+            }
+            cluster.validate(name)?;
+            if let Some(discovery) = &cluster.discovery {
+                validate_discovery(discovery, &|key| format!("kafka.{name}.{key}"))?;
             }
         }
         for (name, server) in &self.servers {
@@ -1140,6 +1173,73 @@ impl MeshConfig {
         }
         Ok(())
     }
+}
+
+/// Checks a discovery table found at `at("discovery")`.
+fn validate_discovery(
+    discovery: &DiscoveryConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    match discovery {
+        DiscoveryConfig::Static { endpoints } => {
+            if endpoints.is_empty() {
+                return Err(ConfigError::new(
+                    at("discovery.endpoints"),
+                    "is empty: a static service needs at least one endpoint",
+                ));
+            }
+            for (i, endpoint) in endpoints.iter().enumerate() {
+                if endpoint.weight == 0 {
+                    return Err(ConfigError::new(
+                        at(&format!("discovery.endpoints[{i}].weight")),
+                        "0 is not a weight: weights start at 1",
+                    ));
+                }
+            }
+        }
+        DiscoveryConfig::Dns {
+            name: dns_name,
+            record,
+            port,
+            min_ttl,
+            max_ttl,
+            ..
+        } => {
+            if dns_name.trim().is_empty() {
+                return Err(ConfigError::new(at("discovery.name"), "is empty"));
+            }
+            match (record, port) {
+                (RecordKind::Srv, _) => {}
+                (_, None) => {
+                    return Err(ConfigError::new(
+                        at("discovery.port"),
+                        format_args!("is required for {record} records"),
+                    ));
+                }
+                (_, Some(0)) => {
+                    return Err(ConfigError::new(at("discovery.port"), "0 is not a port"));
+                }
+                _ => {}
+            }
+            if min_ttl.is_zero() {
+                return Err(ConfigError::new(
+                    at("discovery.min_ttl"),
+                    "must be greater than zero",
+                ));
+            }
+            if min_ttl > max_ttl {
+                return Err(ConfigError::new(
+                    at("discovery.min_ttl"),
+                    format_args!("{min_ttl:?} is longer than max_ttl ({max_ttl:?})"),
+                ));
+            }
+        }
+        DiscoveryConfig::File { path } if path.as_os_str().is_empty() => {
+            return Err(ConfigError::new(at("discovery.path"), "is empty"));
+        }
+        DiscoveryConfig::File { .. } => {}
+    }
+    Ok(())
 }
 
 fn key_path<E>(error: &serde_path_to_error::Error<E>) -> String {

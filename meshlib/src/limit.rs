@@ -41,6 +41,15 @@ impl RateLimit {
         self.limiter.check().is_ok()
     }
 
+    /// Takes `n` tokens at once if they are all there (a limit in bytes takes one per byte).
+    /// More than the bucket holds is never there.
+    pub fn try_acquire_n(&self, n: u32) -> bool {
+        match NonZeroU32::new(n) {
+            None => true,
+            Some(n) => matches!(self.limiter.check_n(n), Ok(Ok(()))),
+        }
+    }
+
     /// The sustained rate.
     pub fn per_second(&self) -> u32 {
         self.per_second

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{ConfigError, DiscoveryConfig, MeshConfig, ServiceConfig};
-use crate::discovery::{DnsResolver, FileRegistry, Resolver, StaticResolver};
+use crate::config::{ConfigError, DiscoveryConfig, MeshConfig};
+use crate::discovery::{Changes, DnsResolver, FileRegistry, Resolver, StaticResolver};
 use crate::http::HttpClient;
 use crate::identity::{Identity, IdentityError};
 use crate::{Error, outbound};
@@ -92,10 +92,13 @@ impl fmt::Debug for MeshBuilder {
 }
 
 impl MeshBuilder {
-    /// Discovers `service` with `resolver` instead of what the configuration says. A service the
-    /// configuration does not name is added with default settings.
+    /// Discovers `service` (or the Kafka cluster of that name) with `resolver` instead of what
+    /// the configuration says. A name the configuration does not know is added as a service with
+    /// default settings.
     pub fn resolver(mut self, service: &str, resolver: impl Resolver) -> Self {
-        self.config.services.entry(service.to_owned()).or_default();
+        if !self.config.kafka.contains_key(service) {
+            self.config.services.entry(service.to_owned()).or_default();
+        }
         self.resolvers
             .insert(service.to_owned(), Arc::new(resolver));
         self
@@ -146,6 +149,14 @@ fn check(
             return Err(Error::config(ConfigError::new(
                 format!("services.{name}.discovery"),
                 "is missing, and no resolver was given for this service in code",
+            )));
+        }
+    }
+    for (name, cluster) in &config.kafka {
+        if cluster.discovery.is_none() && !resolvers.contains_key(name) {
+            return Err(Error::config(ConfigError::new(
+                format!("kafka.{name}.discovery"),
+                "is missing, and no resolver was given for this cluster in code",
             )));
         }
     }
@@ -228,7 +239,7 @@ impl Mesh {
                 identity,
                 self.handle(),
                 || {
-                    self.resolver(name, service)
+                    self.resolver(name, "services", service.discovery.as_ref())
                         .map(|resolver| resolver.resolve(name))
                 },
             )?;
@@ -265,7 +276,9 @@ impl Mesh {
             .services
             .get(service)
             .ok_or_else(|| Error::unknown_service(service))?;
-        let changes = self.resolver(service, config)?.resolve(service);
+        let changes = self
+            .resolver(service, "services", config.discovery.as_ref())?
+            .resolve(service);
         let client = outbound::http(
             service,
             config,
@@ -292,11 +305,33 @@ impl Mesh {
         crate::inbound::Server::new(name, config, self.inner.identity.as_ref())
     }
 
-    fn resolver(&self, service: &str, config: &ServiceConfig) -> Result<Arc<dyn Resolver>, Error> {
+    /// The endpoint changes of the Kafka cluster `name` (`[kafka.<name>]`), from its configured
+    /// discovery or the resolver given in code under that name: where its bootstrap brokers are.
+    ///
+    /// Must be called from within a tokio runtime: discovery starts here.
+    pub fn kafka_brokers(&self, name: &str) -> Result<Changes, Error> {
+        let config = self.inner.config.load();
+        let cluster = config
+            .kafka
+            .get(name)
+            .ok_or_else(|| Error::unknown_service(name))?;
+        Ok(self
+            .resolver(name, "kafka", cluster.discovery.as_ref())?
+            .resolve(name))
+    }
+
+    /// The resolver of `service`: the one given in code, or one built from `discovery`, the
+    /// table at `{section}.{service}.discovery`.
+    fn resolver(
+        &self,
+        service: &str,
+        section: &str,
+        discovery: Option<&DiscoveryConfig>,
+    ) -> Result<Arc<dyn Resolver>, Error> {
         if let Some(resolver) = self.inner.resolvers.get(service) {
             return Ok(Arc::clone(resolver));
         }
-        let resolver: Arc<dyn Resolver> = match &config.discovery {
+        let resolver: Arc<dyn Resolver> = match discovery {
             Some(DiscoveryConfig::Static { endpoints }) => Arc::new(StaticResolver::new(
                 endpoints.iter().map(|endpoint| endpoint.to_endpoint()),
             )),
@@ -318,7 +353,7 @@ impl Mesh {
                 )
                 .map_err(|error| {
                     Error::config(ConfigError::new(
-                        format!("services.{service}.discovery"),
+                        format!("{section}.{service}.discovery"),
                         error,
                     ))
                 })?,

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod dns;
 pub mod grpc;
+pub mod kafka;
 pub mod mtls;
 pub mod routing;
 pub mod server;

@@ -1,0 +1,230 @@
+//! Telemetry for Kafka hops: spans, trace context in record headers, and metrics.
+//!
+//! **Spans** follow OpenTelemetry's messaging conventions (semconv 1.44): a producer span
+//! `send {topic}` per record sent and a consumer span `process {topic}` per record handled, with
+//! `messaging.system = "kafka"`, `messaging.operation.type`, `messaging.destination.name`,
+//! `messaging.destination.partition.id`, `messaging.kafka.message.key`, `messaging.kafka.offset`
+//! and `messaging.consumer.group.name`. They are `tracing` spans named by `otel.name`, which is
+//! what `tracing-opentelemetry` exports.
+//!
+//! **Trace context** travels in the record's headers as W3C `traceparent` (and `tracestate`),
+//! written and read by OpenTelemetry's own `TraceContextPropagator`, so any client that speaks
+//! W3C trace context (kcat shows it, Java's instrumentation reads it) joins the same trace. A send
+//! continues the current OpenTelemetry context (the HTTP request being served, the record being
+//! processed) or starts a trace; a process span continues the record's trace and runs the handler
+//! with its context current, so the handler's own meshlib calls continue it too: one trace spans
+//! HTTP → Kafka → consumer → HTTP.
+//!
+//! SEAM (telemetry branch): until core's OpenTelemetry tracer lands, the span ids made here are
+//! recorded on the `tracing` spans (`trace_id`, `span_id`) and propagated, but no OpenTelemetry
+//! span is exported for them. [`SpanIds::child_of_current`] and [`SpanIds::child_of`] are the two
+//! places to replace with spans started from the mesh's tracer; the header format and the
+//! handler's context stay as they are.
+//!
+//! **Metrics** go through the `metrics` facade: OpenTelemetry's messaging metric names where
+//! there is one, `meshlib.kafka.*` for the mesh's own. Handles for a topic are registered once and
+//! cached, so a record costs a few atomic additions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use metrics::{Counter, Histogram};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceState};
+use opentelemetry::{Context, SpanId, TraceFlags, TraceId};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+/// Metric names.
+pub mod names {
+    /// Counter: records sent, by `messaging.destination.name` and, for failures, `error.type`
+    /// (OpenTelemetry's `messaging.client.sent.messages`).
+    pub const SENT_MESSAGES: &str = "messaging.client.sent.messages";
+    /// Counter: records received by consumers, by topic and group.
+    pub const CONSUMED_MESSAGES: &str = "messaging.client.consumed.messages";
+    /// Histogram, seconds: from a send until its delivery report (OpenTelemetry's
+    /// `messaging.client.operation.duration`, `messaging.operation.name = "send"`).
+    pub const OPERATION_DURATION: &str = "messaging.client.operation.duration";
+    /// Histogram, seconds: a record's handling, retries included.
+    pub const PROCESS_DURATION: &str = "messaging.process.duration";
+    /// Counter: bytes of records sent (key, value, headers), by topic.
+    pub const SENT_BYTES: &str = "meshlib.kafka.sent.bytes";
+    /// Counter: bytes of records received, by topic.
+    pub const CONSUMED_BYTES: &str = "meshlib.kafka.consumed.bytes";
+    /// Counter: failed sends and handler failures, by topic, `messaging.operation.type` and
+    /// `error.type`.
+    pub const ERRORS: &str = "meshlib.kafka.errors";
+    /// Counter: retries, by topic and `messaging.operation.type`.
+    pub const RETRIES: &str = "meshlib.kafka.retries";
+    /// Counter: records sent to a dead-letter topic, by original topic.
+    pub const DEAD_LETTERED: &str = "meshlib.kafka.dead_lettered";
+    /// Gauge: the producer breaker of a cluster, 0 closed, 1 open, 2 half-open.
+    pub const BREAKER_STATE: &str = "meshlib.kafka.breaker.state";
+    /// Gauge: records behind the end of a partition, by topic, partition and group.
+    pub const CONSUMER_LAG: &str = "meshlib.kafka.consumer.lag";
+}
+
+/// Attribute names, as OpenTelemetry's semantic conventions spell them.
+pub(crate) mod attr {
+    pub(crate) const SYSTEM: &str = "messaging.system";
+    pub(crate) const DESTINATION: &str = "messaging.destination.name";
+    pub(crate) const PARTITION: &str = "messaging.destination.partition.id";
+    pub(crate) const GROUP: &str = "messaging.consumer.group.name";
+    pub(crate) const OPERATION: &str = "messaging.operation.type";
+    pub(crate) const ERROR_TYPE: &str = "error.type";
+}
+
+/// The header names of W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// The ids of one span: its own, its trace's and its parent's.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SpanIds {
+    pub(crate) trace_id: TraceId,
+    pub(crate) span_id: SpanId,
+    pub(crate) flags: TraceFlags,
+}
+
+impl SpanIds {
+    /// A span under `parent` if it carries a valid span context, else the root of a new trace.
+    pub(crate) fn child_of(parent: &Context) -> Self {
+        let span = parent.span();
+        let parent = span.span_context();
+        let span_id = SpanId::from(fastrand::u64(1..));
+        if parent.is_valid() {
+            Self {
+                trace_id: parent.trace_id(),
+                span_id,
+                flags: parent.trace_flags(),
+            }
+        } else {
+            Self {
+                trace_id: TraceId::from(fastrand::u128(1..)),
+                span_id,
+                flags: TraceFlags::SAMPLED,
+            }
+        }
+    }
+
+    /// A span under the current OpenTelemetry context.
+    pub(crate) fn child_of_current() -> Self {
+        Context::map_current(Self::child_of)
+    }
+
+    /// A context whose span is this one, for the work done under it.
+    pub(crate) fn context(self) -> Context {
+        Context::current().with_remote_span_context(SpanContext::new(
+            self.trace_id,
+            self.span_id,
+            self.flags,
+            false,
+            TraceState::default(),
+        ))
+    }
+
+    /// Writes `traceparent` (and `tracestate` when there is one) through OpenTelemetry's W3C
+    /// propagator.
+    pub(crate) fn inject(self, headers: &mut dyn Injector) {
+        let context = Context::new().with_remote_span_context(SpanContext::new(
+            self.trace_id,
+            self.span_id,
+            self.flags,
+            true,
+            TraceState::default(),
+        ));
+        TraceContextPropagator::new().inject_context(&context, headers);
+    }
+}
+
+/// The context a record's headers carry; empty (a new trace) when they carry none or a
+/// malformed one.
+pub(crate) fn extract(headers: &dyn Extractor) -> Context {
+    TraceContextPropagator::new().extract_with_context(&Context::new(), headers)
+}
+
+/// The handles of one topic's metrics, registered once.
+#[derive(Clone)]
+pub(crate) struct TopicMetrics {
+    pub(crate) sent: Counter,
+    pub(crate) sent_bytes: Counter,
+    pub(crate) send_duration: Histogram,
+    pub(crate) send_retries: Counter,
+    pub(crate) consumed: Counter,
+    pub(crate) consumed_bytes: Counter,
+    pub(crate) process_duration: Histogram,
+    pub(crate) process_retries: Counter,
+    pub(crate) dead_lettered: Counter,
+}
+
+impl TopicMetrics {
+    fn new(topic: &str, group: Option<&str>) -> Self {
+        let topic = topic.to_owned();
+        let group = group.unwrap_or("").to_owned();
+        let consumer = |name: &'static str| metrics::counter!(name, attr::SYSTEM => "kafka", attr::DESTINATION => topic.clone(), attr::GROUP => group.clone());
+        Self {
+            sent: metrics::counter!(names::SENT_MESSAGES, attr::SYSTEM => "kafka", attr::DESTINATION => topic.clone()),
+            sent_bytes: metrics::counter!(names::SENT_BYTES, attr::SYSTEM => "kafka", attr::DESTINATION => topic.clone()),
+            send_duration: metrics::histogram!(names::OPERATION_DURATION, attr::SYSTEM => "kafka", attr::DESTINATION => topic.clone(), "messaging.operation.name" => "send"),
+            send_retries: metrics::counter!(names::RETRIES, attr::SYSTEM => "kafka", attr::DESTINATION => topic.clone(), attr::OPERATION => "send"),
+            consumed: consumer(names::CONSUMED_MESSAGES),
+            consumed_bytes: consumer(names::CONSUMED_BYTES),
+            process_duration: metrics::histogram!(names::PROCESS_DURATION, attr::SYSTEM => "kafka", attr::DESTINATION => topic.clone(), attr::GROUP => group.clone()),
+            process_retries: metrics::counter!(names::RETRIES, attr::SYSTEM => "kafka", attr::DESTINATION => topic.clone(), attr::OPERATION => "process"),
+            dead_lettered: consumer(names::DEAD_LETTERED),
+        }
+    }
+}
+
+/// Metric handles by topic, registered on a topic's first record.
+#[derive(Default)]
+pub(crate) struct MetricsCache {
+    topics: RwLock<HashMap<Arc<str>, TopicMetrics>>,
+    group: Option<String>,
+}
+
+impl MetricsCache {
+    pub(crate) fn for_group(group: &str) -> Self {
+        Self {
+            topics: RwLock::default(),
+            group: Some(group.to_owned()),
+        }
+    }
+
+    pub(crate) fn topic(&self, topic: &str) -> TopicMetrics {
+        if let Some(metrics) = self
+            .topics
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(topic)
+        {
+            return metrics.clone();
+        }
+        let metrics = TopicMetrics::new(topic, self.group.as_deref());
+        self.topics
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(topic.into())
+            .or_insert(metrics)
+            .clone()
+    }
+}
+
+/// Counts an error of `operation` on `topic`.
+pub(crate) fn error(topic: &str, operation: &'static str, kind: &'static str) {
+    metrics::counter!(names::ERRORS, attr::SYSTEM => "kafka", attr::DESTINATION => topic.to_owned(), attr::OPERATION => operation, attr::ERROR_TYPE => kind).increment(1);
+}
+
+/// Sets the breaker gauge of `cluster`.
+pub(crate) fn breaker_state(cluster: &str, state: meshlib::breaker::BreakerState) {
+    metrics::gauge!(names::BREAKER_STATE, attr::SYSTEM => "kafka", "cluster" => cluster.to_owned())
+        .set(match state {
+            meshlib::breaker::BreakerState::Closed => 0.0,
+            meshlib::breaker::BreakerState::Open => 1.0,
+            meshlib::breaker::BreakerState::HalfOpen => 2.0,
+        });
+}
+
+/// Seconds, as OpenTelemetry's duration histograms are measured.
+pub(crate) fn seconds(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
