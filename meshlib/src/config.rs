@@ -18,6 +18,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::discovery::{Endpoint, RecordKind};
 
+mod telemetry;
+pub use self::telemetry::{TelemetryConfig, TraceExporter};
+
 /// Everything the mesh knows about the services this process calls.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +32,9 @@ pub struct MeshConfig {
     /// Services this process serves, by name, the name given to `Mesh::server`.
     #[serde(default)]
     pub servers: BTreeMap<String, ServerConfig>,
+    /// Traces, metrics, request ids and access logs.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// How this process serves one of its own services: the inbound stack around the application.
@@ -770,6 +776,7 @@ impl MeshConfig {
 
     /// Checks every value that parsing alone cannot, naming the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.telemetry.validate()?;
         for (name, server) in &self.servers {
             let limits = &server.limits;
             for (key, value) in [

@@ -26,6 +26,7 @@
 //! [`classify::Classifier`], and that class feeds the balancer's view of the endpoint.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod balance;
 pub mod breaker;
 pub mod classify;
@@ -41,8 +42,10 @@ pub mod limit;
 mod mesh;
 mod outbound;
 mod retry;
+pub mod telemetry;
 mod timeout;
 
+pub use self::admin::Admin;
 pub use self::config::MeshConfig;
 pub use self::error::Error;
 pub use self::http::{Body, HttpClient};

@@ -17,6 +17,7 @@ use http::{Request, Response};
 use crate::Error;
 use crate::config::{LimitsConfig, RateLimitConfig};
 use crate::http::{Body, ResponseFuture};
+use crate::telemetry::metrics;
 
 /// A token-bucket rate limiter, shareable between the client and server sides.
 #[derive(Debug)]
@@ -123,11 +124,13 @@ where
             && !rate.try_acquire()
         {
             let error = Error::rate_limited(&state.service, rate.per_second());
+            metrics::client_rate_limited(&state.service);
             return Box::pin(std::future::ready(Err(error)));
         }
         if state.in_flight.fetch_add(1, Ordering::AcqRel) >= state.max_requests {
             state.in_flight.fetch_sub(1, Ordering::AcqRel);
             let error = Error::overloaded(&state.service, "max_requests are already in flight");
+            metrics::client_overloaded(&state.service);
             return Box::pin(std::future::ready(Err(error)));
         }
         let slot = Slot(Arc::clone(state));

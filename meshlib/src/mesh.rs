@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::config::{ConfigError, DiscoveryConfig, MeshConfig, ServiceConfig};
 use crate::discovery::{DnsResolver, FileRegistry, Resolver, StaticResolver};
 use crate::http::HttpClient;
+use crate::telemetry::{ServerTelemetryLayer, Telemetry};
 use crate::{Error, outbound};
 
 /// The mesh as one process sees it: built once, it hands out clients for destination services.
@@ -21,7 +22,12 @@ struct Inner {
     config: MeshConfig,
     resolvers: HashMap<String, Arc<dyn Resolver>>,
     registries: Mutex<HashMap<PathBuf, FileRegistry>>,
+    /// Every client handed out, by service: what the admin endpoint reports on.
     clients: Mutex<HashMap<String, HttpClient>>,
+    /// The telemetry of every server handed out, by name, so that a server's counts survive
+    /// being asked for twice and the admin endpoint can report them.
+    servers: Mutex<HashMap<String, ServerTelemetryLayer>>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl fmt::Debug for Mesh {
@@ -37,6 +43,7 @@ impl fmt::Debug for Mesh {
 pub struct MeshBuilder {
     config: MeshConfig,
     resolvers: HashMap<String, Arc<dyn Resolver>>,
+    tracer_provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
 
 impl fmt::Debug for MeshBuilder {
@@ -58,6 +65,18 @@ impl MeshBuilder {
         self
     }
 
+    /// Sends the mesh's spans to `provider` instead of the exporter the configuration names
+    /// (whose sampling ratio then does not apply either: the provider has its own sampler). For
+    /// an application that sets up OpenTelemetry itself, and for tests with an in-memory
+    /// exporter.
+    pub fn tracer_provider(
+        mut self,
+        provider: opentelemetry_sdk::trace::SdkTracerProvider,
+    ) -> Self {
+        self.tracer_provider = Some(provider);
+        self
+    }
+
     /// Validates the configuration and builds the mesh.
     pub fn build(self) -> Result<Mesh, Error> {
         self.config.validate().map_err(Error::config)?;
@@ -69,15 +88,23 @@ impl MeshBuilder {
                 )));
             }
         }
+        let telemetry =
+            Telemetry::new(&self.config.telemetry, self.tracer_provider).map_err(Error::config)?;
         Ok(Mesh {
             inner: Arc::new(Inner {
                 config: self.config,
                 resolvers: self.resolvers,
                 registries: Mutex::default(),
                 clients: Mutex::default(),
+                servers: Mutex::default(),
+                telemetry: Arc::new(telemetry),
             }),
         })
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Mesh {
@@ -86,6 +113,7 @@ impl Mesh {
         MeshBuilder {
             config,
             resolvers: HashMap::new(),
+            tracer_provider: None,
         }
     }
 
@@ -123,7 +151,7 @@ impl Mesh {
             .get(service)
             .ok_or_else(|| Error::unknown_service(service))?;
         let changes = self.resolver(service, config)?.resolve(service);
-        let client = outbound::http(service, config, changes);
+        let client = outbound::http(service, config, changes, &self.inner.telemetry);
         clients.insert(service.to_owned(), client.clone());
         Ok(client)
     }
@@ -138,7 +166,36 @@ impl Mesh {
             .get(name)
             .cloned()
             .unwrap_or_default();
-        crate::inbound::Server::new(name, config)
+        let telemetry = lock(&self.inner.servers)
+            .entry(name.to_owned())
+            .or_insert_with(|| ServerTelemetryLayer::new(name, &self.inner.telemetry))
+            .clone();
+        crate::inbound::Server::new(name, config).with_telemetry(telemetry)
+    }
+
+    /// The clients handed out so far, by service name.
+    pub(crate) fn clients(&self) -> Vec<HttpClient> {
+        let mut clients: Vec<_> = lock(&self.inner.clients).values().cloned().collect();
+        clients.sort_by(|a, b| a.service().cmp(b.service()));
+        clients
+    }
+
+    /// The telemetry of the servers handed out so far, by name.
+    pub(crate) fn servers(&self) -> Vec<(String, ServerTelemetryLayer)> {
+        let mut servers: Vec<_> = lock(&self.inner.servers)
+            .iter()
+            .map(|(name, layer)| (name.clone(), layer.clone()))
+            .collect();
+        servers.sort_by(|a, b| a.0.cmp(&b.0));
+        servers
+    }
+
+    /// Exports the spans that are finished and not exported yet, and waits until the exporter
+    /// has sent them: before a process exits, or before a test reads an exporter.
+    ///
+    /// Blocks the calling thread; from async code, call it with `spawn_blocking`.
+    pub fn flush_telemetry(&self) {
+        self.inner.telemetry.flush();
     }
 
     fn resolver(&self, service: &str, config: &ServiceConfig) -> Result<Arc<dyn Resolver>, Error> {

@@ -31,6 +31,7 @@ use crate::classify::{Class, Classifier};
 use crate::config::RetryConfig;
 use crate::deadline::Deadline;
 use crate::http::{Attempt, Body, ResponseFuture, ServedBy};
+use crate::telemetry::metrics;
 
 /// Adds [`Retry`] to a stack.
 #[derive(Clone)]
@@ -204,9 +205,11 @@ impl Policy {
                 && !budget.withdraw()
             {
                 tracing::debug!(service = %self.service, attempts, "retry budget exhausted; returning the failure");
+                metrics::retry_budget_exhausted(&self.service);
                 return result;
             }
             tracing::debug!(service = %self.service, attempts, endpoint = ?served_by, ?wait, "retrying");
+            metrics::retried(&self.service);
             avoid.extend(served_by);
             drop(result);
             tokio::time::sleep(wait).await;

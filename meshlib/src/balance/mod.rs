@@ -257,6 +257,7 @@ impl BalancedEndpoint {
             Transition::None => {}
             Transition::Ejected(ejection, reason) => {
                 self.set_out(OUT_EJECTED, true);
+                crate::telemetry::metrics::ejected(&self.status.service, reason);
                 tracing::warn!(
                     service = %self.status.service,
                     endpoint = %self.endpoint,
@@ -267,6 +268,7 @@ impl BalancedEndpoint {
             }
             Transition::Closed => {
                 self.set_out(OUT_EJECTED, false);
+                crate::telemetry::metrics::recovered(&self.status.service);
                 tracing::info!(
                     service = %self.status.service,
                     endpoint = %self.endpoint,
@@ -326,8 +328,10 @@ impl Balancer {
     /// An empty balancer for `service` with default breaker settings and no health checks;
     /// endpoints arrive through [`Balancer::apply`] or [`Balancer::discover`].
     pub fn new(service: &str, policy: BalancerPolicy) -> Self {
-        let mut config = ServiceConfig::default();
-        config.balancer = policy;
+        let config = ServiceConfig {
+            balancer: policy,
+            ..ServiceConfig::default()
+        };
         Self::from_config(service, &config)
     }
 

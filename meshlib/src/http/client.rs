@@ -8,6 +8,7 @@ use super::{Body, ResponseFuture};
 use crate::Error;
 use crate::balance::Balancer;
 use crate::outbound::Stack;
+use crate::telemetry::RequestMetrics;
 
 /// A client for one destination service: a [`tower_service::Service`] that sends each request
 /// through the service's outbound stack (limits, deadline, retries, balancing; see
@@ -27,6 +28,8 @@ pub struct HttpClient {
 struct Shared {
     service: Arc<str>,
     balancer: Balancer,
+    /// The request metrics the stack records, for the admin endpoint; `None` with metrics off.
+    metrics: Option<Arc<RequestMetrics>>,
     /// Discovery and health checking for this service stop when the last clone goes.
     _tasks: Vec<AbortOnDrop>,
 }
@@ -54,12 +57,14 @@ impl HttpClient {
         balancer: Balancer,
         stack: Stack,
         tasks: impl IntoIterator<Item = tokio::task::JoinHandle<()>>,
+        metrics: Option<Arc<RequestMetrics>>,
     ) -> Self {
         Self {
             stack,
             shared: Arc::new(Shared {
                 service: Arc::clone(service),
                 balancer,
+                metrics,
                 _tasks: tasks.into_iter().map(AbortOnDrop).collect(),
             }),
         }
@@ -73,6 +78,10 @@ impl HttpClient {
     /// The balancer choosing this service's endpoints.
     pub fn balancer(&self) -> &Balancer {
         &self.shared.balancer
+    }
+
+    pub(crate) fn metrics(&self) -> Option<&RequestMetrics> {
+        self.shared.metrics.as_deref()
     }
 }
 

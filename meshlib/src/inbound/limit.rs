@@ -13,6 +13,7 @@ use http::{Request, Response, StatusCode};
 use crate::config::ServerLimitsConfig;
 use crate::http::Body;
 use crate::limit::RateLimit;
+use crate::telemetry::metrics;
 
 /// Adds [`ServerLimit`] to a stack.
 #[derive(Clone, Debug)]
@@ -96,6 +97,7 @@ where
             && !rate.try_acquire()
         {
             tracing::debug!(server = %state.server, path = request.uri().path(), "rate limited");
+            metrics::server_rate_limited(&state.server);
             return Box::pin(std::future::ready(refuse(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate limited\n",
@@ -105,6 +107,7 @@ where
             Some(max) if state.in_flight.fetch_add(1, Ordering::AcqRel) >= max => {
                 state.in_flight.fetch_sub(1, Ordering::AcqRel);
                 tracing::debug!(server = %state.server, path = request.uri().path(), "overloaded");
+                metrics::server_shed(&state.server);
                 return Box::pin(std::future::ready(refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "overloaded\n",

@@ -31,6 +31,7 @@ use crate::config::ServerConfig;
 use crate::deadline::DeadlineLayer;
 use crate::error::BoxError;
 use crate::http::Body;
+use crate::telemetry::{ServerTelemetry, ServerTelemetryLayer};
 
 /// Who sent a request, as a request extension the application can read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +46,7 @@ pub struct Peer {
 pub struct Server {
     name: Arc<str>,
     config: ServerConfig,
+    telemetry: ServerTelemetryLayer,
 }
 
 impl fmt::Debug for Server {
@@ -56,14 +58,21 @@ impl fmt::Debug for Server {
 }
 
 /// The inbound layers around an application, outermost first (see [`Server::layer`]).
-pub type Inbound<S> = ServerLimit<crate::deadline::DeadlineService<App<S>>>;
+pub type Inbound<S> = ServerTelemetry<ServerLimit<crate::deadline::DeadlineService<App<S>>>>;
 
 impl Server {
     pub(crate) fn new(name: &str, config: ServerConfig) -> Self {
         Self {
             name: name.into(),
             config,
+            telemetry: ServerTelemetryLayer::off(name),
         }
+    }
+
+    /// Records what the mesh's telemetry configuration asks for.
+    pub(crate) fn with_telemetry(mut self, telemetry: ServerTelemetryLayer) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     /// The served service's name.
@@ -73,13 +82,17 @@ impl Server {
 
     /// The inbound stack around `app`, outermost first:
     ///
-    /// 1. limits: over the rate limit, 429; over the concurrency limit, 503; the application
+    /// 1. telemetry: the caller's trace context, a server span that the application runs under,
+    ///    the request id, metrics and the access-log line; outermost, so that shed requests are
+    ///    seen too;
+    /// 2. limits: over the rate limit, 429; over the concurrency limit, 503; the application
     ///    never sees either;
-    /// 2. deadline: the caller's `x-mesh-timeout-ms` becomes the current deadline, which the
+    /// 3. deadline: the caller's `x-mesh-timeout-ms` becomes the current deadline, which the
     ///    handler's own meshlib calls respect;
-    /// 3. the application, its response body carried as a [`Body`].
+    /// 4. the application, its response body carried as a [`Body`].
     pub fn layer<S>(&self, app: S) -> Inbound<S> {
         ServiceBuilder::new()
+            .layer(self.telemetry.clone())
             .layer(ServerLimitLayer::new(&self.name, &self.config.limits))
             .layer(DeadlineLayer)
             .service(App { inner: app })
