@@ -4,6 +4,7 @@
 pub mod app;
 pub mod dns;
 pub mod server;
+pub mod telemetry;
 
 pub use app::AppServer;
 pub use server::{HEALTH_PATH, Received, SERVER_HEADER, TestServer};
