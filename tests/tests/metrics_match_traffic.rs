@@ -124,7 +124,7 @@ async fn retries_and_shed_requests_are_counted_where_they_happen() {
             "[services.metrics-retried]\ndiscovery = {{ kind = \"static\", endpoints = [\"{}\"] }}\n\
              retry = {{ max_attempts = 3, backoff_base = \"1ms\", backoff_max = \"2ms\" }}\n\
              breaker = {{ consecutive_failures = 0, failure_rate_percent = 0 }}\n\
-             [servers.metrics-limited]\nlimits = {{ rate_limit = {{ per_second = 2, burst = 2 }} }}\n",
+             [servers.metrics-limited]\nlimits = {{ rate_limit = {{ per_second = 1, burst = 2 }} }}\n",
             flaky.addr()
         ))
         .unwrap(),
@@ -145,7 +145,8 @@ async fn retries_and_shed_requests_are_counted_where_they_happen() {
         .iter()
         .filter(|&&status| status == StatusCode::TOO_MANY_REQUESTS)
         .count();
-    assert!(limited >= 3, "{statuses:?}");
+    // Two from the bucket, at most one more refilled while the five are sent.
+    assert!(limited >= 2, "{statuses:?}");
 
     let admin = mesh.admin("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let (_, text) = fetch(admin.addr(), "/metrics").await;

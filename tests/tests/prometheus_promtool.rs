@@ -1,6 +1,7 @@
 //! The Prometheus exposition the admin endpoint serves is valid for a real scraper: Prometheus's
 //! own `promtool check metrics` accepts it, with traffic of every kind recorded (successes,
-//! failures, retries, a breaker ejection, rate limiting, a histogram per side).
+//! failures, retries, a breaker ejection, rate limiting, a histogram per side). The scraped text
+//! is left in `target/test-artifacts/metrics.prom`.
 //!
 //! Needs `promtool`, from Debian's `prometheus` package; `.ci/run` installs it.
 
@@ -32,10 +33,12 @@ async fn promtool_accepts_the_metrics() {
              balancer = \"round-robin\"\n\
              retry = {{ max_attempts = 2, backoff_base = \"1ms\", backoff_max = \"2ms\" }}\n\
              breaker = {{ consecutive_failures = 2 }}\n\
-             limits = {{ rate_limit = {{ per_second = 1000, burst = 30 }} }}\n\
+             [services.promtool-limited]\ndiscovery = {{ kind = \"static\", endpoints = [\"{}\"] }}\n\
+             limits = {{ rate_limit = {{ per_second = 1, burst = 2 }} }}\n\
              [servers.promtool-front]\nlimits = {{ max_requests = 100 }}\n",
             good.addr(),
-            bad.addr()
+            bad.addr(),
+            good.addr()
         ))
         .unwrap(),
     )
@@ -48,6 +51,13 @@ async fn promtool_accepts_the_metrics() {
         )
         .await
         .expect("answered in time");
+    }
+    // Five at once through a bucket of two that refills once a second: some are refused.
+    let mut limited = mesh.http_client("promtool-limited").unwrap();
+    for _ in 0..5 {
+        let _ = limited
+            .call(Request::get("/").body(Body::empty()).unwrap())
+            .await;
     }
     let (addr, _server) = serve(
         &mesh,

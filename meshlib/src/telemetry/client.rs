@@ -16,12 +16,12 @@ use std::task::{Context as TaskContext, Poll};
 
 use http::{HeaderValue, Method, Request, Response, Uri};
 use opentelemetry::propagation::TextMapPropagator as _;
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Array, Context, KeyValue, Value};
-use opentelemetry_http::HeaderInjector;
 use tokio::time::Instant;
 
 use super::access_log::Entry;
+use super::headers::HeaderInjector;
 use super::metrics::{RequestMetrics, Side};
 use super::request_id::{self, REQUEST_ID_HEADER};
 use super::{StatusClass, Telemetry, trace_id};
@@ -121,18 +121,20 @@ where
         let trace = (telemetry.tracing() || telemetry.access_log).then(|| {
             let cx = telemetry.tracer().map(|tracer| {
                 let parent = Context::current();
-                let mut attributes = Vec::with_capacity(5);
+                // Room for what is added later, so that the span's list never reallocates. The
+                // request id is left to the server span, where it arrives as a request header.
+                let mut attributes = Vec::with_capacity(6);
                 method_attributes(request.method(), &mut attributes);
                 attributes.push(KeyValue::new("server.address", Arc::clone(&shared.service)));
-                attributes.push(KeyValue::new("url.path", request.uri().path().to_owned()));
-                if let Some(id) = request_id.as_ref().and_then(|id| id.to_str().ok()) {
-                    attributes.push(request_id_attribute(id));
-                }
-                let span = tracer
+                let mut span = tracer
                     .span_builder(span_name(request.method()))
                     .with_kind(SpanKind::Client)
                     .with_attributes(attributes)
                     .start_with_context(tracer, &parent);
+                // What the sampler does not need is built only for a span that records it.
+                if span.is_recording() {
+                    span.set_attribute(KeyValue::new("url.path", request.uri().path().to_owned()));
+                }
                 parent.with_span(span)
             });
             Arc::new(RequestTrace {
@@ -173,7 +175,9 @@ fn outbound_request_id(request: &mut Request<Body>, generate: bool) -> Option<He
         return Some(id.clone());
     }
     let id = request_id::current().or_else(|| generate.then(request_id::generate))?;
-    request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+    request
+        .headers_mut()
+        .insert(request_id::HEADER_NAME, id.clone());
     Some(id)
 }
 
@@ -238,24 +242,35 @@ impl<'a> Outcome<'a> {
     /// Records the outcome on the span of `cx` and ends it.
     fn end_span(&self, cx: &Context, endpoint: Option<SocketAddr>) {
         let span = cx.span();
-        if let Some(addr) = endpoint {
-            span.set_attributes([
-                KeyValue::new("network.peer.address", addr.ip().to_string()),
-                KeyValue::new("network.peer.port", i64::from(addr.port())),
-            ]);
+        // An unsampled span records nothing: skip building what it would throw away.
+        if span.is_recording() {
+            let peer = endpoint.map(|addr| {
+                [
+                    KeyValue::new("network.peer.address", addr.ip().to_string()),
+                    KeyValue::new("network.peer.port", i64::from(addr.port())),
+                ]
+            });
+            let status = match self {
+                Self::Response(response) => Some(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(response.status().as_u16()),
+                )),
+                _ => None,
+            };
+            let error_type = self
+                .error_type()
+                .map(|error_type| KeyValue::new("error.type", error_type));
+            let failed = error_type.is_some();
+            // One call: each takes the span's lock.
+            span.set_attributes(peer.into_iter().flatten().chain(status).chain(error_type));
+            if failed {
+                // A client span with a 4xx is an error too (OpenTelemetry's HTTP span status
+                // rules).
+                span.set_status(Status::error(""));
+            }
+            // Ending reads the clock; an unsampled span has nothing to end.
+            span.end();
         }
-        if let Self::Response(response) = self {
-            span.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(response.status().as_u16()),
-            ));
-        }
-        if let Some(error_type) = self.error_type() {
-            span.set_attribute(KeyValue::new("error.type", error_type));
-            // A client span with a 4xx is an error too (OpenTelemetry's HTTP span status rules).
-            span.set_status(Status::error(""));
-        }
-        span.end();
     }
 }
 
@@ -382,8 +397,17 @@ where
         let resends = trace.attempts.fetch_add(1, Ordering::Relaxed);
         let hedge = trace.in_flight.fetch_add(1, Ordering::AcqRel) > 0;
         let cx = match (&trace.cx, self.telemetry.tracer()) {
+            // An unsampled request's attempts would make spans that record nothing: the
+            // request's own context goes downstream instead, carrying the decision not to
+            // sample, and this attempt costs no span at all.
+            (Some(parent), Some(_)) if !parent.span().span_context().is_sampled() => {
+                self.telemetry
+                    .propagator()
+                    .inject_context(parent, &mut HeaderInjector(request.headers_mut()));
+                None
+            }
             (Some(parent), Some(tracer)) => {
-                let mut attributes = Vec::with_capacity(4);
+                let mut attributes = Vec::with_capacity(8);
                 method_attributes(request.method(), &mut attributes);
                 if resends > 0 {
                     attributes.push(KeyValue::new(

@@ -40,6 +40,7 @@
 
 mod access_log;
 mod client;
+mod headers;
 pub(crate) mod metrics;
 mod otlp;
 mod request_id;

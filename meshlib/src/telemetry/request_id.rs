@@ -11,6 +11,9 @@ use opentelemetry::Context;
 /// The header carrying a request's id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// [`REQUEST_ID_HEADER`] as a header name, made once rather than parsed per request.
+pub(crate) const HEADER_NAME: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
+
 /// The id of the request being served, as a value of the current OpenTelemetry context, for the
 /// calls made while serving it.
 #[derive(Clone, Debug)]

@@ -16,11 +16,11 @@ use opentelemetry::context::FutureExt as _;
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_http::HeaderExtractor;
 use tokio::time::Instant;
 
 use super::access_log::Entry;
 use super::client::{method_attributes, request_id_attribute, span_name};
+use super::headers::HeaderExtractor;
 use super::metrics::{RequestMetrics, Side};
 use super::request_id::{self, CurrentRequestId, REQUEST_ID_HEADER};
 use super::{StatusClass, Telemetry, trace_id};
@@ -126,7 +126,9 @@ where
             Some(id) => Some(id.clone()),
             None if telemetry.request_id => {
                 let id = request_id::generate();
-                request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+                request
+                    .headers_mut()
+                    .insert(request_id::HEADER_NAME, id.clone());
                 Some(id)
             }
             None => None,
@@ -138,7 +140,7 @@ where
             let parent = telemetry
                 .propagator()
                 .extract(&HeaderExtractor(request.headers()));
-            let mut attributes = Vec::with_capacity(8);
+            let mut attributes = Vec::with_capacity(11);
             method_attributes(request.method(), &mut attributes);
             attributes.push(KeyValue::new("url.path", request.uri().path().to_owned()));
             attributes.push(KeyValue::new("url.scheme", "http"));
@@ -241,7 +243,7 @@ impl Served {
         if let (Some(response), Some(id)) = (response.as_mut(), &self.request_id) {
             response
                 .headers_mut()
-                .entry(REQUEST_ID_HEADER)
+                .entry(request_id::HEADER_NAME)
                 .or_insert_with(|| id.clone());
         }
         if let Some(metrics) = &self.shared.metrics {
@@ -253,24 +255,27 @@ impl Served {
             .and_then(|response| response.extensions().get::<Route>());
         if let Some(cx) = &self.traced {
             let span = cx.span();
-            if let Some(status) = status {
-                span.set_attribute(KeyValue::new(
-                    "http.response.status_code",
-                    i64::from(status.as_u16()),
-                ));
-            }
-            if let Some(route) = route {
-                span.set_attribute(KeyValue::new("http.route", Arc::clone(&route.0)));
-                span.update_name(format!("{} {}", span_name(&self.method), route.as_str()));
-            }
-            // A server span is in error for 5xx only: a 4xx is the caller's mistake.
-            if let Some(error_type) = error_type {
-                span.set_attribute(KeyValue::new("error.type", error_type.to_owned()));
-                if failed {
-                    span.set_status(Status::error(""));
+            // An unsampled span records nothing, and ending it would only read the clock.
+            if span.is_recording() {
+                if let Some(status) = status {
+                    span.set_attribute(KeyValue::new(
+                        "http.response.status_code",
+                        i64::from(status.as_u16()),
+                    ));
                 }
+                if let Some(route) = route {
+                    span.set_attribute(KeyValue::new("http.route", Arc::clone(&route.0)));
+                    span.update_name(format!("{} {}", span_name(&self.method), route.as_str()));
+                }
+                // A server span is in error for 5xx only: a 4xx is the caller's mistake.
+                if let Some(error_type) = error_type {
+                    span.set_attribute(KeyValue::new("error.type", error_type.to_owned()));
+                    if failed {
+                        span.set_status(Status::error(""));
+                    }
+                }
+                span.end();
             }
-            span.end();
         }
         if let Some(uri) = &self.uri {
             Entry {
