@@ -24,6 +24,8 @@
 //! per destination service; the client asks the service's [`balance::Balancer`] for an endpoint,
 //! which [`discovery`] keeps up to date; the response is classified once by
 //! [`classify::Classifier`], and that class feeds the balancer's view of the endpoint.
+//! [`telemetry`] traces, counts and logs every request on both sides, and [`Mesh::admin`] serves
+//! what the mesh is doing: Prometheus metrics, endpoint state and a live dashboard.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -11,8 +11,8 @@ use crate::outbound::Stack;
 use crate::telemetry::RequestMetrics;
 
 /// A client for one destination service: a [`tower_service::Service`] that sends each request
-/// through the service's outbound stack (limits, deadline, retries, balancing; see
-/// [`crate::outbound`]) to one of its endpoints.
+/// through the service's outbound stack (telemetry, limits, deadline, retries, hedging, balancing;
+/// assembled in `meshlib/src/outbound.rs`) to one of its endpoints.
 ///
 /// Obtain one from `Mesh::http_client`. Cloning is cheap (a few reference counts) and clones
 /// share the balancer, its load estimates, the retry budget and the connection pools; the request
