@@ -31,6 +31,9 @@ pub use crate::route::config::{
     RouteMatch, RouteRetryConfig, SplitConfig, ValueMatch,
 };
 
+mod telemetry;
+pub use self::telemetry::{TelemetryConfig, TraceExporter};
+
 /// Everything the mesh knows about the services this process calls.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +49,9 @@ pub struct MeshConfig {
     /// Services this process serves, by name, the name given to `Mesh::server`.
     #[serde(default)]
     pub servers: BTreeMap<String, ServerConfig>,
+    /// Traces, metrics, request ids and access logs.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Kafka clusters by name, the name given to meshlib-kafka. Names are shared with
     /// `services`: a resolver given in code under a name discovers that cluster or service.
     #[serde(default)]
@@ -1016,6 +1022,7 @@ impl MeshConfig {
                 validate_discovery(discovery, &|key| format!("kafka.{name}.{key}"))?;
             }
         }
+        self.telemetry.validate()?;
         for (name, server) in &self.servers {
             let mode = server.tls.mode.unwrap_or(if has_identity {
                 TlsMode::Permissive

@@ -182,6 +182,22 @@ impl Error {
     pub fn endpoint(&self) -> Option<SocketAddr> {
         self.inner.endpoint
     }
+
+    /// A short name for the kind of failure, as traces (`error.type`) and access logs give it.
+    pub(crate) fn kind_name(&self) -> &'static str {
+        match self.inner.kind {
+            Kind::Config => "config",
+            Kind::UnknownService => "unknown_service",
+            Kind::NoEndpoints => "no_endpoints",
+            Kind::Connect => "connect",
+            Kind::Request => "request",
+            Kind::Body => "body",
+            Kind::Timeout => "timeout",
+            Kind::CircuitOpen => "circuit_open",
+            Kind::Overloaded => "overloaded",
+            Kind::RateLimited => "rate_limited",
+        }
+    }
 }
 
 impl fmt::Debug for Error {

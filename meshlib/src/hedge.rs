@@ -180,6 +180,7 @@ where
                 return result;
             }
             tracing::debug!(service = %state.service, ?delay, "sending a hedged request");
+            crate::telemetry::metrics::hedged(&state.service);
             let secondary = inner.call(backup);
             tokio::pin!(secondary);
             // The first success, as the classifier saw it, wins; a failure waits for the other.

@@ -24,8 +24,11 @@
 //! per destination service; the client asks the service's [`balance::Balancer`] for an endpoint,
 //! which [`discovery`] keeps up to date; the response is classified once by
 //! [`classify::Classifier`], and that class feeds the balancer's view of the endpoint.
+//! [`telemetry`] traces, counts and logs every request on both sides, and [`Mesh::admin`] serves
+//! what the mesh is doing: Prometheus metrics, endpoint state and a live dashboard.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod balance;
 pub mod breaker;
 pub mod classify;
@@ -44,9 +47,11 @@ mod mesh;
 mod outbound;
 mod retry;
 pub mod route;
+pub mod telemetry;
 mod timeout;
 mod watch;
 
+pub use self::admin::Admin;
 pub use self::config::MeshConfig;
 pub use self::error::Error;
 pub use self::http::{Body, HttpClient};

@@ -17,6 +17,7 @@ use http::{Request, Response};
 use crate::Error;
 use crate::config::{LimitsConfig, RateLimitConfig};
 use crate::http::{Body, MeshService, ResponseFuture};
+use crate::telemetry::metrics;
 
 /// A token-bucket rate limiter, shareable between the client and server sides.
 #[derive(Debug)]
@@ -151,10 +152,12 @@ where
             && !rate.try_acquire()
         {
             let error = Error::rate_limited(&state.service, rate.per_second());
+            metrics::client_rate_limited(&state.service);
             return Box::pin(std::future::ready(Err(error)));
         }
         let Some(slot) = state.concurrency.try_acquire() else {
             let error = Error::overloaded(&state.service, "max_requests are already in flight");
+            metrics::client_overloaded(&state.service);
             return Box::pin(std::future::ready(Err(error)));
         };
         let response = self.inner.call(request);

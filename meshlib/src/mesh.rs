@@ -9,6 +9,7 @@ use crate::config::{ConfigError, DiscoveryConfig, MeshConfig};
 use crate::discovery::{Changes, DnsResolver, FileRegistry, Resolver, StaticResolver};
 use crate::http::HttpClient;
 use crate::identity::{Identity, IdentityError};
+use crate::telemetry::{ServerTelemetryLayer, Telemetry};
 use crate::{Error, outbound};
 
 /// The mesh as one process sees it: built once, it hands out clients for destination services.
@@ -27,6 +28,10 @@ struct Inner {
     registries: Mutex<HashMap<PathBuf, FileRegistry>>,
     /// Every client handed out, by service; also what a reload reconfigures.
     clients: Mutex<HashMap<String, HttpClient>>,
+    /// The telemetry of every server handed out, by name, so that a server's counts survive
+    /// being asked for twice and the admin endpoint can report them.
+    servers: Mutex<HashMap<String, ServerTelemetryLayer>>,
+    telemetry: Arc<Telemetry>,
     /// The task following the configuration file, if the mesh was built to follow one.
     watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -79,6 +84,7 @@ pub struct MeshBuilder {
     config: MeshConfig,
     resolvers: HashMap<String, Arc<dyn Resolver>>,
     identity: Option<Identity>,
+    tracer_provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
 
 impl fmt::Debug for MeshBuilder {
@@ -104,6 +110,18 @@ impl MeshBuilder {
         self
     }
 
+    /// Sends the mesh's spans to `provider` instead of the exporter the configuration names
+    /// (whose sampling ratio then does not apply either: the provider has its own sampler). For
+    /// an application that sets up OpenTelemetry itself, and for tests with an in-memory
+    /// exporter.
+    pub fn tracer_provider(
+        mut self,
+        provider: opentelemetry_sdk::trace::SdkTracerProvider,
+    ) -> Self {
+        self.tracer_provider = Some(provider);
+        self
+    }
+
     /// Uses `identity` as this process's workload identity instead of the files `[identity]`
     /// names (for an identity from PEM given in code, or one shared by several meshes).
     pub fn identity(mut self, identity: Identity) -> Self {
@@ -122,6 +140,8 @@ impl MeshBuilder {
             (None, Some(files)) => Some(Identity::from_config(files).map_err(identity_error)?),
             (None, None) => None,
         };
+        let telemetry =
+            Telemetry::new(&config.telemetry, self.tracer_provider).map_err(Error::config)?;
         Ok(Mesh {
             inner: Arc::new(Inner {
                 config: ArcSwap::from_pointee(config),
@@ -130,6 +150,8 @@ impl MeshBuilder {
                 registries: Mutex::default(),
                 clients: Mutex::default(),
                 watcher: Mutex::default(),
+                servers: Mutex::default(),
+                telemetry: Arc::new(telemetry),
             }),
         })
     }
@@ -163,6 +185,10 @@ fn check(
     Ok(())
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Mesh {
     /// Starts building a mesh from `config`.
     pub fn builder(config: MeshConfig) -> MeshBuilder {
@@ -170,6 +196,7 @@ impl Mesh {
             config,
             resolvers: HashMap::new(),
             identity: None,
+            tracer_provider: None,
         }
     }
 
@@ -286,6 +313,7 @@ impl Mesh {
             self.inner.identity.as_ref(),
             changes,
             self.handle(),
+            &self.inner.telemetry,
         );
         clients.insert(service.to_owned(), client.clone());
         Ok(client)
@@ -302,7 +330,37 @@ impl Mesh {
             .get(name)
             .cloned()
             .unwrap_or_default();
+        let telemetry = lock(&self.inner.servers)
+            .entry(name.to_owned())
+            .or_insert_with(|| ServerTelemetryLayer::new(name, &self.inner.telemetry))
+            .clone();
         crate::inbound::Server::new(name, config, self.inner.identity.as_ref())
+            .with_telemetry(telemetry)
+    }
+
+    /// The clients handed out so far, by service name.
+    pub(crate) fn clients(&self) -> Vec<HttpClient> {
+        let mut clients: Vec<_> = lock(&self.inner.clients).values().cloned().collect();
+        clients.sort_by(|a, b| a.service().cmp(b.service()));
+        clients
+    }
+
+    /// The telemetry of the servers handed out so far, by name.
+    pub(crate) fn servers(&self) -> Vec<(String, ServerTelemetryLayer)> {
+        let mut servers: Vec<_> = lock(&self.inner.servers)
+            .iter()
+            .map(|(name, layer)| (name.clone(), layer.clone()))
+            .collect();
+        servers.sort_by(|a, b| a.0.cmp(&b.0));
+        servers
+    }
+
+    /// Exports the spans that are finished and not exported yet, and waits until the exporter
+    /// has sent them: before a process exits, or before a test reads an exporter.
+    ///
+    /// Blocks the calling thread; from async code, call it with `spawn_blocking`.
+    pub fn flush_telemetry(&self) {
+        self.inner.telemetry.flush();
     }
 
     /// The endpoint changes of the Kafka cluster `name` (`[kafka.<name>]`), from its configured

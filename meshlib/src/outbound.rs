@@ -17,10 +17,15 @@ use crate::limit::{Limit, LimitLayer};
 use crate::mesh::MeshHandle;
 use crate::retry::{Retry, RetryLayer};
 use crate::route::{FaultLayer, FaultService, RouteTable, Router, RouterLayer};
+use crate::telemetry::{
+    AttemptTelemetry, AttemptTelemetryLayer, ClientTelemetry, ClientTelemetryLayer, Telemetry,
+};
 use crate::timeout::{Timeout, TimeoutLayer};
 
 /// The layers of an [`HttpClient`], outermost first.
-pub(crate) type Stack = Router<Limit<Timeout<FaultService<Retry<Hedge<Endpoints>>>>>>;
+pub(crate) type Stack = ClientTelemetry<
+    Router<Limit<Timeout<FaultService<Retry<Hedge<AttemptTelemetry<Endpoints>>>>>>>,
+>;
 
 /// The HTTP client for `service`: its endpoints, and the stack requests go through.
 pub(crate) fn http(
@@ -30,15 +35,21 @@ pub(crate) fn http(
     identity: Option<&Identity>,
     changes: Changes,
     mesh: MeshHandle,
+    telemetry: &Arc<Telemetry>,
 ) -> HttpClient {
     let service: Arc<str> = service.into();
     let endpoints = ServiceEndpoints::start(&service, config, zone, identity, changes);
-    let stack = stack(&service, config, &endpoints, &mesh);
-    HttpClient::new(&service, endpoints, stack)
+    // Created once per client, so that its metrics outlive configuration reloads.
+    let client_telemetry = ClientTelemetryLayer::new(&service, telemetry);
+    let stack = stack(&service, config, &endpoints, &mesh, &client_telemetry);
+    HttpClient::new(&service, endpoints, stack, client_telemetry)
 }
 
 /// The HTTP client stack for `service`, outermost layer first:
 ///
+/// 0. telemetry: give the request its id, a client span (whose context is the parent of every
+///    attempt's), and, once answered, its metrics and access-log line; outermost, so that what
+///    the limits refuse is counted too;
 /// 1. route: match the request to a route; pick the subset of endpoints by the route's weighted
 ///    split; rewrite headers and path; copy a share to a mirror;
 /// 2. limits: refuse at once what is over the service's rate and concurrency limits;
@@ -48,7 +59,9 @@ pub(crate) fn http(
 /// 5. retry: try again what the classifier calls retryable, when safe, under the retry budget,
 ///    with jittered backoff, each attempt cut off by the per-try timeout;
 /// 6. hedge (if configured): send a backup of a slow idempotent attempt, under its own budget;
-/// 7. endpoints: pick an endpoint of the subset among those ready (discovered, healthy, breaker
+/// 7. attempt telemetry: a span per attempt, retries and hedges included, and its context in the
+///    attempt's `traceparent`, so that the server's span is the attempt's child;
+/// 8. endpoints: pick an endpoint of the subset among those ready (discovered, healthy, breaker
 ///    closed, under their own limit), in the caller's zone when enough are, by the balancer's
 ///    policy; send the request over a pooled connection (mTLS when the endpoint must present an
 ///    identity) announcing the time left; classify the answer once and feed that class to the
@@ -58,9 +71,11 @@ pub(crate) fn stack(
     config: &ServiceConfig,
     endpoints: &ServiceEndpoints,
     mesh: &MeshHandle,
+    telemetry: &ClientTelemetryLayer,
 ) -> Stack {
     let routes = RouteTable::compile(service, config, &endpoints.balancer, mesh);
     ServiceBuilder::new()
+        .layer(telemetry.clone())
         .layer(RouterLayer::new(Arc::new(routes)))
         .layer(LimitLayer::new(service, &config.limits))
         .layer(TimeoutLayer::new(service, config.timeout))
@@ -71,6 +86,7 @@ pub(crate) fn stack(
             Arc::clone(&endpoints.classifier),
         ))
         .layer(HedgeLayer::new(service, config.hedge.as_ref()))
+        .layer(AttemptTelemetryLayer::new(telemetry.telemetry()))
         .service(endpoints.endpoints.clone())
 }
 

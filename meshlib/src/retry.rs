@@ -43,6 +43,7 @@ use crate::config::RetryConfig;
 use crate::deadline::Deadline;
 use crate::http::{Attempt, Body, MeshService, ResponseFuture, ServedBy};
 use crate::route::Routed;
+use crate::telemetry::metrics;
 
 /// Adds [`Retry`] to a stack.
 #[derive(Clone)]
@@ -230,9 +231,11 @@ impl Policy {
                 && !budget.withdraw()
             {
                 tracing::debug!(service = %self.service, attempts, "retry budget exhausted; returning the failure");
+                metrics::retry_budget_exhausted(&self.service);
                 return result;
             }
             tracing::debug!(service = %self.service, attempts, endpoint = ?served_by, ?wait, "retrying");
+            metrics::retried(&self.service);
             avoid.extend(served_by);
             drop(result);
             tokio::time::sleep(wait).await;

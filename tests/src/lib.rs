@@ -8,6 +8,7 @@ pub mod kafka;
 pub mod mtls;
 pub mod routing;
 pub mod server;
+pub mod telemetry;
 
 pub use app::AppServer;
 pub use server::{HEALTH_PATH, Received, SERVER_HEADER, TestServer};

@@ -295,6 +295,7 @@ impl BalancedEndpoint {
             Transition::None => {}
             Transition::Ejected(ejection, reason) => {
                 self.set_out(OUT_EJECTED, true);
+                crate::telemetry::metrics::ejected(&self.status.service, reason);
                 tracing::warn!(
                     service = %self.status.service,
                     endpoint = %self.endpoint,
@@ -305,6 +306,7 @@ impl BalancedEndpoint {
             }
             Transition::Closed => {
                 self.set_out(OUT_EJECTED, false);
+                crate::telemetry::metrics::recovered(&self.status.service);
                 tracing::info!(
                     service = %self.status.service,
                     endpoint = %self.endpoint,

@@ -180,6 +180,7 @@ async fn watch_file(path: PathBuf, state: watch::Sender<Arc<State>>) {
         let Ok(read) = read else { break };
         state.send_if_modified(|current| match current.after(read, &mut failures) {
             Some(next) => {
+                crate::telemetry::metrics::registry_reloaded(next.failure.is_none());
                 match &next.failure {
                     Some(failure) => tracing::debug!(
                         path = %path.display(),

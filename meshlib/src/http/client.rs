@@ -14,10 +14,11 @@ use crate::discovery::Changes;
 use crate::identity::Identity;
 use crate::mesh::MeshHandle;
 use crate::outbound::{self, ServiceEndpoints, Stack};
+use crate::telemetry::{ClientTelemetryLayer, RequestMetrics};
 
 /// A client for one destination service: a [`tower_service::Service`] that sends each request
-/// through the service's outbound stack (routes, limits, deadline, faults, retries, hedging,
-/// balancing; see `outbound.rs`) to one of its endpoints.
+/// through the service's outbound stack (telemetry, routes, limits, deadline, faults, retries,
+/// hedging, balancing; assembled in `meshlib/src/outbound.rs`) to one of its endpoints.
 ///
 /// Obtain one from `Mesh::http_client`. Cloning is cheap and clones share the balancer, its
 /// load estimates, the retry budget and the connection pools; the request path has no channel
@@ -38,6 +39,8 @@ struct Shared {
     stack: ArcSwap<Stack>,
     generation: AtomicU64,
     endpoints: Mutex<ServiceEndpoints>,
+    /// The client's telemetry layer, kept across reloads with the metrics it records.
+    telemetry: ClientTelemetryLayer,
 }
 
 impl Clone for HttpClient {
@@ -60,7 +63,12 @@ impl fmt::Debug for HttpClient {
 }
 
 impl HttpClient {
-    pub(crate) fn new(service: &Arc<str>, endpoints: ServiceEndpoints, stack: Stack) -> Self {
+    pub(crate) fn new(
+        service: &Arc<str>,
+        endpoints: ServiceEndpoints,
+        stack: Stack,
+        telemetry: ClientTelemetryLayer,
+    ) -> Self {
         Self {
             stack: stack.clone(),
             generation: 0,
@@ -69,6 +77,7 @@ impl HttpClient {
                 stack: ArcSwap::from_pointee(stack),
                 generation: AtomicU64::new(0),
                 endpoints: Mutex::new(endpoints),
+                telemetry,
             }),
         }
     }
@@ -86,6 +95,12 @@ impl HttpClient {
             .unwrap_or_else(PoisonError::into_inner)
             .balancer
             .clone()
+    }
+
+    /// The request metrics this client records, for the admin endpoint; `None` with metrics
+    /// off.
+    pub(crate) fn metrics(&self) -> Option<Arc<RequestMetrics>> {
+        self.shared.telemetry.metrics()
     }
 
     /// Applies a new configuration of the service: a new stack for new requests, with new
@@ -107,7 +122,13 @@ impl HttpClient {
             *endpoints =
                 ServiceEndpoints::start(&shared.service, config, zone, identity, changes()?);
         }
-        let stack = outbound::stack(&shared.service, config, &endpoints, &mesh);
+        let stack = outbound::stack(
+            &shared.service,
+            config,
+            &endpoints,
+            &mesh,
+            &shared.telemetry,
+        );
         shared.stack.store(Arc::new(stack));
         shared.generation.fetch_add(1, Ordering::Release);
         Ok(())

@@ -17,6 +17,7 @@ use crate::config::ServerLimitsConfig;
 use crate::grpc::Code;
 use crate::http::Body;
 use crate::limit::{Concurrency, RateLimit};
+use crate::telemetry::metrics;
 
 /// Adds [`ServerLimit`] to a stack.
 #[derive(Clone, Debug)]
@@ -103,6 +104,7 @@ where
             && !rate.try_acquire()
         {
             tracing::debug!(server = %state.server, path = request.uri().path(), "rate limited");
+            metrics::server_rate_limited(&state.server);
             return Box::pin(std::future::ready(refuse(
                 crate::grpc::is_grpc(request.headers()),
                 StatusCode::TOO_MANY_REQUESTS,
@@ -115,6 +117,7 @@ where
                 Some(slot) => Some(slot),
                 None => {
                     tracing::debug!(server = %state.server, path = request.uri().path(), "overloaded");
+                    metrics::server_shed(&state.server);
                     return Box::pin(std::future::ready(refuse(
                         crate::grpc::is_grpc(request.headers()),
                         StatusCode::SERVICE_UNAVAILABLE,

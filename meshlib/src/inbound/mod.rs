@@ -48,6 +48,7 @@ use crate::deadline::DeadlineLayer;
 use crate::error::BoxError;
 use crate::http::Body;
 use crate::identity::{Identity, SpiffeId};
+use crate::telemetry::{ServerTelemetry, ServerTelemetryLayer};
 
 /// Who sent a request, as a request extension the application can read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +78,7 @@ pub struct Server {
     name: Arc<str>,
     config: ServerConfig,
     terminate: Terminate,
+    telemetry: ServerTelemetryLayer,
 }
 
 impl fmt::Debug for Server {
@@ -89,7 +91,8 @@ impl fmt::Debug for Server {
 }
 
 /// The inbound layers around an application, outermost first (see [`Server::layer`]).
-pub type Inbound<S> = Authorize<ServerLimit<crate::deadline::DeadlineService<App<S>>>>;
+pub type Inbound<S> =
+    ServerTelemetry<Authorize<ServerLimit<crate::deadline::DeadlineService<App<S>>>>>;
 
 impl Server {
     pub(crate) fn new(name: &str, config: ServerConfig, identity: Option<&Identity>) -> Self {
@@ -100,10 +103,17 @@ impl Server {
         });
         let terminate = Terminate::new(&name, mode, identity, config.tls.handshake_timeout);
         Self {
+            telemetry: ServerTelemetryLayer::off(&name),
             name,
             config,
             terminate,
         }
+    }
+
+    /// Records what the mesh's telemetry configuration asks for.
+    pub(crate) fn with_telemetry(mut self, telemetry: ServerTelemetryLayer) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     /// The served service's name.
@@ -120,14 +130,18 @@ impl Server {
     /// The inbound stack around `app`, outermost first. TLS termination and the peer's identity
     /// come before it, per connection (see [`Server::accept`]); then, per request:
     ///
-    /// 1. authorization: the first matching rule allows or denies; denied, 403 with the rule's
+    /// 1. telemetry: the caller's trace context, a server span that the application runs under,
+    ///    the request id, metrics and the access-log line; outermost, so that refused and shed
+    ///    requests are seen too;
+    /// 2. authorization: the first matching rule allows or denies; denied, 403 with the rule's
     ///    name, and the application never sees the request;
-    /// 2. limits: over the rate limit, 429; over the concurrency limit, 503;
-    /// 3. deadline: the caller's `x-mesh-timeout-ms` (or `grpc-timeout`) becomes the current
+    /// 3. limits: over the rate limit, 429; over the concurrency limit, 503;
+    /// 4. deadline: the caller's `x-mesh-timeout-ms` (or `grpc-timeout`) becomes the current
     ///    deadline, which the handler's own meshlib calls respect;
-    /// 4. the application, its response body carried as a [`Body`].
+    /// 5. the application, its response body carried as a [`Body`].
     pub fn layer<S>(&self, app: S) -> Inbound<S> {
         ServiceBuilder::new()
+            .layer(self.telemetry.clone())
             .layer(AuthorizeLayer::new(&self.name, &self.config.authorization))
             .layer(ServerLimitLayer::new(&self.name, &self.config.limits))
             .layer(DeadlineLayer)

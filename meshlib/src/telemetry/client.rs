@@ -1,0 +1,521 @@
+//! The outbound side: a span, metrics and an access-log line per request ([`ClientTelemetry`],
+//! the outermost layer of a client), and a span per attempt whose context is what goes downstream
+//! ([`AttemptTelemetry`], just above the endpoint layer, so it sees every retry and hedge).
+//!
+//! The two layers share one small record per request, a request extension that retries and
+//! hedges copy along with the request: the request span's context, the attempts started and the
+//! attempts in flight (an attempt that starts while another is in flight is a hedge). It exists
+//! only when tracing or the access log is on; with metrics alone, the attempt layer finds nothing
+//! and passes the request through.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context as TaskContext, Poll};
+
+use http::{HeaderValue, Method, Request, Response, Uri};
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry::{Array, Context, KeyValue, Value};
+use tokio::time::Instant;
+
+use super::access_log::Entry;
+use super::headers::HeaderInjector;
+use super::metrics::{RequestMetrics, Side};
+use super::request_id::{self, REQUEST_ID_HEADER};
+use super::{StatusClass, Telemetry, trace_id};
+use crate::Error;
+use crate::classify::Class;
+use crate::http::{Body, ResponseFuture, ServedBy};
+
+/// Adds [`ClientTelemetry`] to a stack.
+#[derive(Clone)]
+pub(crate) struct ClientTelemetryLayer {
+    shared: Arc<ClientShared>,
+}
+
+struct ClientShared {
+    service: Arc<str>,
+    telemetry: Arc<Telemetry>,
+    metrics: Option<Arc<RequestMetrics>>,
+}
+
+/// Traces, counts and logs each request sent to one service: the outermost layer of an
+/// [`HttpClient`](crate::HttpClient).
+#[derive(Clone)]
+pub struct ClientTelemetry<S> {
+    inner: S,
+    shared: Arc<ClientShared>,
+}
+
+impl ClientTelemetryLayer {
+    pub(crate) fn new(service: &Arc<str>, telemetry: &Arc<Telemetry>) -> Self {
+        Self {
+            shared: Arc::new(ClientShared {
+                service: Arc::clone(service),
+                telemetry: Arc::clone(telemetry),
+                metrics: telemetry
+                    .metrics()
+                    .then(|| Arc::new(RequestMetrics::new(service, Side::Client))),
+            }),
+        }
+    }
+
+    /// The request metrics this layer records, if metrics are on.
+    pub(crate) fn metrics(&self) -> Option<Arc<RequestMetrics>> {
+        self.shared.metrics.clone()
+    }
+
+    /// The mesh's telemetry this layer reports to.
+    pub(crate) fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.shared.telemetry
+    }
+}
+
+impl<S> tower::Layer<S> for ClientTelemetryLayer {
+    type Service = ClientTelemetry<S>;
+
+    fn layer(&self, inner: S) -> ClientTelemetry<S> {
+        ClientTelemetry {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// What the request layer and the attempt layer share about one request.
+struct RequestTrace {
+    /// The request span's context; `None` when only the access log needs this record.
+    cx: Option<Context>,
+    /// Attempts started.
+    attempts: AtomicU32,
+    /// Attempts in flight.
+    in_flight: AtomicU32,
+}
+
+/// [`RequestTrace`] as a request extension.
+#[derive(Clone)]
+struct TraceHandle(Arc<RequestTrace>);
+
+impl<S> tower_service::Service<Request<Body>> for ClientTelemetry<S>
+where
+    S: tower_service::Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = Error,
+            Future = ResponseFuture,
+        >,
+{
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> ResponseFuture {
+        let shared = &self.shared;
+        let telemetry = &shared.telemetry;
+        if !telemetry.active() {
+            return self.inner.call(request);
+        }
+        let started = Instant::now();
+        let request_id = outbound_request_id(&mut request, telemetry.request_id);
+        let trace = (telemetry.tracing() || telemetry.access_log).then(|| {
+            let cx = telemetry.tracer().map(|tracer| {
+                let parent = Context::current();
+                // Room for what is added later, so that the span's list never reallocates. The
+                // request id is left to the server span, where it arrives as a request header.
+                let mut attributes = Vec::with_capacity(6);
+                method_attributes(request.method(), &mut attributes);
+                attributes.push(KeyValue::new("server.address", Arc::clone(&shared.service)));
+                let mut span = tracer
+                    .span_builder(span_name(request.method()))
+                    .with_kind(SpanKind::Client)
+                    .with_attributes(attributes)
+                    .start_with_context(tracer, &parent);
+                // What the sampler does not need is built only for a span that records it.
+                if span.is_recording() {
+                    span.set_attribute(KeyValue::new("url.path", request.uri().path().to_owned()));
+                }
+                parent.with_span(span)
+            });
+            Arc::new(RequestTrace {
+                cx,
+                attempts: AtomicU32::new(0),
+                in_flight: AtomicU32::new(0),
+            })
+        });
+        if let Some(trace) = &trace {
+            request
+                .extensions_mut()
+                .insert(TraceHandle(Arc::clone(trace)));
+        }
+        let logged = telemetry
+            .access_log
+            .then(|| (request.method().clone(), request.uri().clone()));
+        let response = self.inner.call(request);
+        let mut outbound = Outbound {
+            shared: Arc::clone(shared),
+            started,
+            request_id,
+            trace,
+            logged,
+            finished: false,
+        };
+        Box::pin(async move {
+            let result = response.await;
+            outbound.finish(Outcome::of(&result));
+            result
+        })
+    }
+}
+
+/// The request's id: the one it has, else the one of the request being served, else a new one
+/// if ids are generated. Whatever it is, it is in the request's headers.
+fn outbound_request_id(request: &mut Request<Body>, generate: bool) -> Option<HeaderValue> {
+    if let Some(id) = request.headers().get(REQUEST_ID_HEADER) {
+        return Some(id.clone());
+    }
+    let id = request_id::current().or_else(|| generate.then(request_id::generate))?;
+    request
+        .headers_mut()
+        .insert(request_id::HEADER_NAME, id.clone());
+    Some(id)
+}
+
+/// How a request, or an attempt, ended.
+pub(super) enum Outcome<'a> {
+    Response(&'a Response<Body>),
+    Error(&'a Error),
+    /// The caller stopped waiting: the future was dropped.
+    Cancelled,
+}
+
+impl<'a> Outcome<'a> {
+    fn of(result: &'a Result<Response<Body>, Error>) -> Self {
+        match result {
+            Ok(response) => Self::Response(response),
+            Err(error) => Self::Error(error),
+        }
+    }
+
+    fn status_class(&self) -> StatusClass {
+        match self {
+            Self::Response(response) => StatusClass::of(response.status()),
+            _ => StatusClass::Error,
+        }
+    }
+
+    /// Failed as the classifier sees it; a cancellation is nobody's failure.
+    fn failed(&self) -> bool {
+        match self {
+            Self::Response(response) => response
+                .extensions()
+                .get::<Class>()
+                .map_or(response.status().is_server_error(), |class| {
+                    !class.is_success()
+                }),
+            Self::Error(_) => true,
+            Self::Cancelled => false,
+        }
+    }
+
+    fn endpoint(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Response(response) => response.extensions().get::<ServedBy>().map(|by| by.0),
+            Self::Error(error) => error.endpoint(),
+            Self::Cancelled => None,
+        }
+    }
+
+    /// `error.type` as OpenTelemetry defines it for a client: the status code of a 4xx or 5xx,
+    /// else what kind of failure left no response.
+    fn error_type(&self) -> Option<Cow<'static, str>> {
+        match self {
+            Self::Response(response) if response.status().as_u16() >= 400 => {
+                Some(Cow::Owned(response.status().as_str().to_owned()))
+            }
+            Self::Response(_) => None,
+            Self::Error(error) => Some(Cow::Borrowed(error.kind_name())),
+            Self::Cancelled => Some(Cow::Borrowed("cancelled")),
+        }
+    }
+
+    /// Records the outcome on the span of `cx` and ends it.
+    fn end_span(&self, cx: &Context, endpoint: Option<SocketAddr>) {
+        let span = cx.span();
+        // An unsampled span records nothing: skip building what it would throw away.
+        if span.is_recording() {
+            let peer = endpoint.map(|addr| {
+                [
+                    KeyValue::new("network.peer.address", addr.ip().to_string()),
+                    KeyValue::new("network.peer.port", i64::from(addr.port())),
+                ]
+            });
+            let status = match self {
+                Self::Response(response) => Some(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(response.status().as_u16()),
+                )),
+                _ => None,
+            };
+            let error_type = self
+                .error_type()
+                .map(|error_type| KeyValue::new("error.type", error_type));
+            let failed = error_type.is_some();
+            // One call: each takes the span's lock.
+            span.set_attributes(peer.into_iter().flatten().chain(status).chain(error_type));
+            if failed {
+                // A client span with a 4xx is an error too (OpenTelemetry's HTTP span status
+                // rules).
+                span.set_status(Status::error(""));
+            }
+            // Ending reads the clock; an unsampled span has nothing to end.
+            span.end();
+        }
+    }
+}
+
+/// A request on its way: finished with its outcome, or, if its future is dropped first, as
+/// cancelled.
+struct Outbound {
+    shared: Arc<ClientShared>,
+    started: Instant,
+    request_id: Option<HeaderValue>,
+    trace: Option<Arc<RequestTrace>>,
+    logged: Option<(Method, Uri)>,
+    finished: bool,
+}
+
+impl Outbound {
+    fn finish(&mut self, outcome: Outcome<'_>) {
+        self.finished = true;
+        let elapsed = self.started.elapsed();
+        let shared = &self.shared;
+        if let Some(metrics) = &shared.metrics {
+            metrics.record(outcome.status_class(), elapsed, outcome.failed());
+        }
+        let endpoint = outcome.endpoint();
+        let cx = self.trace.as_ref().and_then(|trace| trace.cx.as_ref());
+        if let Some(cx) = cx {
+            // The request span names no endpoint: its attempts do.
+            outcome.end_span(cx, None);
+        }
+        if let Some((method, uri)) = &self.logged {
+            let error_type = outcome.error_type();
+            Entry {
+                direction: "outbound",
+                service: &shared.service,
+                method: method.as_str(),
+                path: uri.path(),
+                status: match &outcome {
+                    Outcome::Response(response) => response.status().as_u16(),
+                    _ => 0,
+                },
+                duration: elapsed,
+                attempts: self
+                    .trace
+                    .as_ref()
+                    .map_or(1, |trace| trace.attempts.load(Ordering::Relaxed)),
+                request_id: self
+                    .request_id
+                    .as_ref()
+                    .and_then(|id| id.to_str().ok())
+                    .unwrap_or(""),
+                trace_id: trace_id(cx),
+                peer: None,
+                peer_identity: "",
+                endpoint,
+                route: "",
+                error: error_type.as_deref().unwrap_or(""),
+            }
+            .emit();
+        }
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finish(Outcome::Cancelled);
+        }
+    }
+}
+
+/// Adds [`AttemptTelemetry`] to a stack.
+#[derive(Clone)]
+pub(crate) struct AttemptTelemetryLayer {
+    telemetry: Arc<Telemetry>,
+}
+
+impl AttemptTelemetryLayer {
+    pub(crate) fn new(telemetry: &Arc<Telemetry>) -> Self {
+        Self {
+            telemetry: Arc::clone(telemetry),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AttemptTelemetryLayer {
+    type Service = AttemptTelemetry<S>;
+
+    fn layer(&self, inner: S) -> AttemptTelemetry<S> {
+        AttemptTelemetry {
+            inner,
+            telemetry: Arc::clone(&self.telemetry),
+        }
+    }
+}
+
+/// A span per attempt of a request, each retry and hedge included, and the trace context that
+/// goes downstream: the layer just above the endpoints.
+#[derive(Clone)]
+pub struct AttemptTelemetry<S> {
+    inner: S,
+    telemetry: Arc<Telemetry>,
+}
+
+impl<S> tower_service::Service<Request<Body>> for AttemptTelemetry<S>
+where
+    S: tower_service::Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = Error,
+            Future = ResponseFuture,
+        >,
+{
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> ResponseFuture {
+        let Some(TraceHandle(trace)) = request.extensions().get::<TraceHandle>().cloned() else {
+            return self.inner.call(request);
+        };
+        let resends = trace.attempts.fetch_add(1, Ordering::Relaxed);
+        let hedge = trace.in_flight.fetch_add(1, Ordering::AcqRel) > 0;
+        let cx = match (&trace.cx, self.telemetry.tracer()) {
+            // An unsampled request's attempts would make spans that record nothing: the
+            // request's own context goes downstream instead, carrying the decision not to
+            // sample, and this attempt costs no span at all.
+            (Some(parent), Some(_)) if !parent.span().span_context().is_sampled() => {
+                self.telemetry
+                    .propagator()
+                    .inject_context(parent, &mut HeaderInjector(request.headers_mut()));
+                None
+            }
+            (Some(parent), Some(tracer)) => {
+                let mut attributes = Vec::with_capacity(8);
+                method_attributes(request.method(), &mut attributes);
+                if resends > 0 {
+                    attributes.push(KeyValue::new(
+                        "http.request.resend_count",
+                        i64::from(resends),
+                    ));
+                }
+                if hedge {
+                    attributes.push(KeyValue::new("meshlib.hedge", true));
+                }
+                let span = tracer
+                    .span_builder(span_name(request.method()))
+                    .with_kind(SpanKind::Client)
+                    .with_attributes(attributes)
+                    .start_with_context(tracer, parent);
+                let cx = parent.with_span(span);
+                self.telemetry
+                    .propagator()
+                    .inject_context(&cx, &mut HeaderInjector(request.headers_mut()));
+                Some(cx)
+            }
+            _ => None,
+        };
+        let response = self.inner.call(request);
+        let mut attempt = InFlightAttempt {
+            trace,
+            cx,
+            finished: false,
+        };
+        Box::pin(async move {
+            let result = response.await;
+            attempt.finish(Outcome::of(&result));
+            result
+        })
+    }
+}
+
+/// An attempt on its way; a hedge that lost is dropped, and ends as cancelled.
+struct InFlightAttempt {
+    trace: Arc<RequestTrace>,
+    cx: Option<Context>,
+    finished: bool,
+}
+
+impl InFlightAttempt {
+    fn finish(&mut self, outcome: Outcome<'_>) {
+        self.finished = true;
+        if let Some(cx) = &self.cx {
+            outcome.end_span(cx, outcome.endpoint());
+        }
+    }
+}
+
+impl Drop for InFlightAttempt {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finish(Outcome::Cancelled);
+        }
+        self.trace.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The span name OpenTelemetry gives an HTTP span when no route template is known: the method,
+/// or `HTTP` for a method outside the standard set.
+pub(super) fn span_name(method: &Method) -> &'static str {
+    standard_method(method).unwrap_or("HTTP")
+}
+
+/// `http.request.method`, and `http.request.method_original` for a non-standard method, which
+/// OpenTelemetry reports as `_OTHER` so that the attribute stays bounded.
+pub(super) fn method_attributes(method: &Method, attributes: &mut Vec<KeyValue>) {
+    match standard_method(method) {
+        Some(name) => attributes.push(KeyValue::new("http.request.method", name)),
+        None => {
+            attributes.push(KeyValue::new("http.request.method", "_OTHER"));
+            attributes.push(KeyValue::new(
+                "http.request.method_original",
+                method.as_str().to_owned(),
+            ));
+        }
+    }
+}
+
+fn standard_method(method: &Method) -> Option<&'static str> {
+    Some(match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::CONNECT => "CONNECT",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::PATCH => "PATCH",
+        _ => return None,
+    })
+}
+
+/// The request id as OpenTelemetry records request headers: a string array under
+/// `http.request.header.<name>`.
+pub(super) fn request_id_attribute(id: &str) -> KeyValue {
+    KeyValue::new(
+        "http.request.header.x-request-id",
+        Value::Array(Array::String(vec![id.to_owned().into()])),
+    )
+}
