@@ -5,10 +5,12 @@
 //! measures decides that (a current-thread runtime to pin a client to one core, none at all for a
 //! data-structure benchmark). To add one, write its module and add an entry to [`ALL`].
 
+mod failover;
 mod grpc_overhead;
 mod lb_scale;
 mod mtls;
 mod overhead;
+mod retry_storm;
 mod routing;
 mod slow_endpoint;
 
@@ -56,6 +58,16 @@ pub const ALL: &[Scenario] = &[
         name: "mtls",
         about: "plaintext vs mTLS client/server pairs on warm connections, plus handshakes per second",
         run: mtls::run,
+    },
+    Scenario {
+        name: "retry-storm",
+        about: "three endpoints answering 503: retry amplification without a budget vs with the default",
+        run: retry_storm::run,
+    },
+    Scenario {
+        name: "failover",
+        about: "one of three endpoints killed and restarted under load: failed requests, ejection time",
+        run: failover::run,
     },
 ];
 
