@@ -178,11 +178,13 @@ impl Classifier {
         self.status(response.status())
     }
 
-    /// Classifies a request that got no response. Failures to connect and per-try timeouts are
-    /// retryable (whether the request may be sent twice is the retry layer's decision); other
-    /// errors, such as a connection lost mid-response, are failures.
+    /// Classifies a request that got no response. Failures to connect, connections lost before
+    /// an answer (an endpoint that died with the request on the wire, as Envoy's `reset` retry
+    /// condition) and per-try timeouts are retryable; whether the request may be sent twice is
+    /// the retry layer's decision, which resends only what is safe to send twice. Other errors
+    /// are failures.
     pub fn error(&self, error: &Error) -> Class {
-        if error.is_connect() || error.is_timeout() {
+        if error.is_connect() || error.is_connection_lost() || error.is_timeout() {
             Class::RetryableFailure
         } else {
             Class::Failure

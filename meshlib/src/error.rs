@@ -141,6 +141,12 @@ impl Error {
         self.inner.kind == Kind::NoEndpoints
     }
 
+    /// The connection failed after the request was sent and before a response arrived (reset,
+    /// closed); the endpoint may or may not have acted on it.
+    pub fn is_connection_lost(&self) -> bool {
+        self.inner.kind == Kind::Request
+    }
+
     /// No connection could be made to the picked endpoint; the request was not sent.
     pub fn is_connect(&self) -> bool {
         self.inner.kind == Kind::Connect
