@@ -1103,79 +1103,26 @@ impl MeshConfig {
                     format_args!("mTLS to {identity} needs the mesh's own [identity] to present"),
                 ));
             }
-            match &service.discovery {
-                None => {}
-                Some(DiscoveryConfig::Static { endpoints }) => {
-                    if endpoints.is_empty() {
-                        return Err(ConfigError::new(
-                            at("discovery.endpoints"),
-                            "is empty: a static service needs at least one endpoint",
-                        ));
-                    }
-                    for (i, endpoint) in endpoints.iter().enumerate() {
-                        if let Some(identity) = endpoint.labels.get(IDENTITY_LABEL) {
-                            let key =
-                                at(&format!("discovery.endpoints[{i}].labels.{IDENTITY_LABEL}"));
-                            SpiffeId::new(identity)
-                                .map_err(|error| ConfigError::new(&key, error))?;
-                            if !has_identity {
-                                return Err(ConfigError::new(
-                                    key,
-                                    format_args!(
-                                        "mTLS to {identity} needs the mesh's own [identity] to present"
-                                    ),
-                                ));
-                            }
-                        }
-                        if endpoint.weight == 0 {
+            if let Some(discovery) = &service.discovery {
+                validate_discovery(discovery, &at)?;
+            }
+            // An endpoint's `identity` label asks for mTLS to it: a SPIFFE ID, and an identity
+            // of the mesh's own to present.
+            if let Some(DiscoveryConfig::Static { endpoints }) = &service.discovery {
+                for (i, endpoint) in endpoints.iter().enumerate() {
+                    if let Some(identity) = endpoint.labels.get(IDENTITY_LABEL) {
+                        let key = at(&format!("discovery.endpoints[{i}].labels.{IDENTITY_LABEL}"));
+                        SpiffeId::new(identity).map_err(|error| ConfigError::new(&key, error))?;
+                        if !has_identity {
                             return Err(ConfigError::new(
-                                at(&format!("discovery.endpoints[{i}].weight")),
-                                "0 is not a weight: weights start at 1",
+                                key,
+                                format_args!(
+                                    "mTLS to {identity} needs the mesh's own [identity] to present"
+                                ),
                             ));
                         }
                     }
                 }
-                Some(DiscoveryConfig::Dns {
-                    name: dns_name,
-                    record,
-                    port,
-                    min_ttl,
-                    max_ttl,
-                    ..
-                }) => {
-                    if dns_name.trim().is_empty() {
-                        return Err(ConfigError::new(at("discovery.name"), "is empty"));
-                    }
-                    match (record, port) {
-                        (RecordKind::Srv, _) => {}
-                        (_, None) => {
-                            return Err(ConfigError::new(
-                                at("discovery.port"),
-                                format_args!("is required for {record} records"),
-                            ));
-                        }
-                        (_, Some(0)) => {
-                            return Err(ConfigError::new(at("discovery.port"), "0 is not a port"));
-                        }
-                        _ => {}
-                    }
-                    if min_ttl.is_zero() {
-                        return Err(ConfigError::new(
-                            at("discovery.min_ttl"),
-                            "must be greater than zero",
-                        ));
-                    }
-                    if min_ttl > max_ttl {
-                        return Err(ConfigError::new(
-                            at("discovery.min_ttl"),
-                            format_args!("{min_ttl:?} is longer than max_ttl ({max_ttl:?})"),
-                        ));
-                    }
-                }
-                Some(DiscoveryConfig::File { path }) if path.as_os_str().is_empty() => {
-                    return Err(ConfigError::new(at("discovery.path"), "is empty"));
-                }
-                Some(DiscoveryConfig::File { .. }) => {}
             }
         }
         Ok(())
