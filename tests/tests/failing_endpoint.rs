@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use meshlib::{Mesh, MeshConfig};
-use meshlib_tests::{TestServer, get};
+use meshlib_tests::{TestServer, get, service_toml};
 
 #[tokio::test]
 async fn p2c_avoids_an_endpoint_that_fails_fast() {
@@ -15,13 +15,10 @@ async fn p2c_avoids_an_endpoint_that_fails_fast() {
     servers[0].set_delay(Duration::from_millis(5));
     servers[1].set_delay(Duration::from_millis(5));
     servers[2].set_status(500);
-    let endpoints: Vec<String> = servers
-        .iter()
-        .map(|s| format!("\"{}\"", s.addr()))
-        .collect();
-    let config = MeshConfig::from_toml(&format!(
-        "[services.reviews]\ndiscovery = {{ kind = \"static\", endpoints = [{}] }}\n",
-        endpoints.join(", ")
+    let config = MeshConfig::from_toml(&service_toml(
+        "reviews",
+        servers.iter().map(TestServer::addr),
+        "",
     ))
     .unwrap();
     let client = Mesh::new(config).unwrap().http_client("reviews").unwrap();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use meshlib::{Mesh, MeshConfig};
-use meshlib_tests::{TestServer, get};
+use meshlib_tests::{TestServer, get, service_toml};
 
 #[tokio::test]
 async fn p2c_sends_little_to_a_slow_endpoint() {
@@ -15,13 +15,10 @@ async fn p2c_sends_little_to_a_slow_endpoint() {
     servers[0].set_delay(Duration::from_millis(1));
     servers[1].set_delay(Duration::from_millis(1));
     servers[2].set_delay(Duration::from_millis(40));
-    let endpoints: Vec<String> = servers
-        .iter()
-        .map(|s| format!("\"{}\"", s.addr()))
-        .collect();
-    let config = MeshConfig::from_toml(&format!(
-        "[services.reviews]\ndiscovery = {{ kind = \"static\", endpoints = [{}] }}\n",
-        endpoints.join(", ")
+    let config = MeshConfig::from_toml(&service_toml(
+        "reviews",
+        servers.iter().map(TestServer::addr),
+        "",
     ))
     .unwrap();
     let client = Mesh::new(config).unwrap().http_client("reviews").unwrap();
