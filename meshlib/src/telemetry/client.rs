@@ -27,7 +27,7 @@ use super::request_id::{self, REQUEST_ID_HEADER};
 use super::{StatusClass, Telemetry, trace_id};
 use crate::Error;
 use crate::classify::Class;
-use crate::http::{Body, ResponseFuture, ServedBy};
+use crate::http::{Body, MeshService, ResponseFuture, ServedBy};
 
 /// Adds [`ClientTelemetry`] to a stack.
 #[derive(Clone)]
@@ -100,12 +100,7 @@ struct TraceHandle(Arc<RequestTrace>);
 
 impl<S> tower_service::Service<Request<Body>> for ClientTelemetry<S>
 where
-    S: tower_service::Service<
-            Request<Body>,
-            Response = Response<Body>,
-            Error = Error,
-            Future = ResponseFuture,
-        >,
+    S: MeshService,
 {
     type Response = Response<Body>;
     type Error = Error;
@@ -380,12 +375,7 @@ pub struct AttemptTelemetry<S> {
 
 impl<S> tower_service::Service<Request<Body>> for AttemptTelemetry<S>
 where
-    S: tower_service::Service<
-            Request<Body>,
-            Response = Response<Body>,
-            Error = Error,
-            Future = ResponseFuture,
-        >,
+    S: MeshService,
 {
     type Response = Response<Body>;
     type Error = Error;
