@@ -241,6 +241,20 @@ pub fn format_timeout(timeout: Duration) -> HeaderValue {
     crate::deadline::number_value(amount, unit)
 }
 
+/// Writes `message` as a `grpc-message` value: percent-encoded as the gRPC HTTP/2 protocol asks,
+/// every byte outside printable ASCII, and `%` itself, as `%XX` of its UTF-8.
+pub(crate) fn encode_message(message: &str) -> HeaderValue {
+    let mut encoded = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    HeaderValue::try_from(encoded).expect("printable ASCII is a valid header value")
+}
+
 /// The gRPC method a request calls, read from its path `/package.Service/Method`: what
 /// OpenTelemetry's `rpc.service` and `rpc.method` name, and what authorization by method
 /// matches (the path itself).
@@ -313,6 +327,15 @@ pub(crate) fn unframe(body: &[u8]) -> Result<&[u8], &'static str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn messages_are_percent_encoded_beyond_printable_ascii() {
+        assert_eq!(
+            encode_message("denied by rule \"a b\""),
+            "denied by rule \"a b\""
+        );
+        assert_eq!(encode_message("100% ü\n"), "100%25 %C3%BC%0A");
+    }
+
     use super::*;
 
     #[test]

@@ -10,6 +10,7 @@ use std::pin::Pin;
 
 pub use self::body::Body;
 pub use self::client::HttpClient;
+pub(crate) use self::connect::Connector;
 pub use self::endpoint::ServedBy;
 pub(crate) use self::endpoint::{Attempt, Endpoints};
 
