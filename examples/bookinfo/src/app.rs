@@ -1,0 +1,505 @@
+//! Starting the whole application in this process: a development CA and an identity per
+//! workload, a listener per workload on loopback, a mesh per workload following one
+//! configuration file, the Kafka cluster, and an admin endpoint per workload.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use meshlib::discovery::{Endpoint, StaticResolver};
+use meshlib::identity::{DevCa, Identity};
+use meshlib::{Admin, Body, Mesh, MeshConfig};
+use meshlib_kafka::{EmbeddedCluster, KafkaCluster, Record};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::analytics::Analytics;
+use crate::details;
+use crate::ingress::Ingress;
+use crate::productpage::ProductPage;
+use crate::ratings::{self, RatingsServer};
+use crate::reviews::{Reviews, Version};
+use crate::scenario;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Makes the tracer provider of a workload, given its name (its `service.name`).
+pub type TracerProviders = Arc<dyn Fn(&str) -> SdkTracerProvider + Send + Sync>;
+
+/// The trust domain of every identity.
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+/// The namespace of every identity: `spiffe://cluster.local/ns/bookinfo/sa/<service>`.
+pub const NAMESPACE: &str = "bookinfo";
+
+/// How to start the application.
+#[derive(Clone)]
+pub struct Options {
+    /// Where the running configuration (`mesh.toml`) and the certificates (`certs/`) go.
+    pub state_dir: PathBuf,
+    /// The ingress listens on this port, the other workloads on the next ones, and the admin
+    /// endpoints on the same ports plus 100; 0 picks free ports for all.
+    pub base_port: u16,
+    /// The routes to start with ([`scenario::Scenario::routes`], or any route tables).
+    pub routes: String,
+    /// Where `routes` came from, for the head of the written file.
+    pub routes_origin: String,
+    /// A real Kafka cluster's bootstrap brokers; the embedded cluster when empty.
+    pub kafka_brokers: Vec<SocketAddr>,
+    /// Each workload's tracer provider; when `None`, providers that keep spans nowhere (trace
+    /// context still flows, and trace ids are shown).
+    pub tracer_providers: Option<TracerProviders>,
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("state_dir", &self.state_dir)
+            .field("base_port", &self.base_port)
+            .field("routes_origin", &self.routes_origin)
+            .field("kafka_brokers", &self.kafka_brokers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Options {
+    /// Scenario `default`, free ports, the embedded Kafka cluster, state in `state_dir`.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        let default = &scenario::SCENARIOS[0];
+        Self {
+            state_dir: state_dir.into(),
+            base_port: 0,
+            routes: default.routes.to_owned(),
+            routes_origin: format!("scenarios/{}.toml", default.name),
+            kafka_brokers: Vec::new(),
+            tracer_providers: None,
+        }
+    }
+}
+
+/// Why the application did not start, or a scenario did not apply.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct Error {
+    context: String,
+    source: BoxError,
+}
+
+fn error<E: Into<BoxError>>(context: impl fmt::Display) -> impl FnOnce(E) -> Error {
+    move |source| Error {
+        context: context.to_string(),
+        source: source.into(),
+    }
+}
+
+/// One running workload.
+#[derive(Debug)]
+pub struct Workload {
+    name: &'static str,
+    addr: SocketAddr,
+    mesh: Mesh,
+    admin: Admin,
+}
+
+impl Workload {
+    /// Its name: `ingress`, `productpage`, `details`, `reviews-v1`...
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Where it serves.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its admin endpoint (dashboard, metrics, endpoints, config).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.addr()
+    }
+
+    /// Its mesh.
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+}
+
+/// The running application; it stops when dropped.
+pub struct Bookinfo {
+    workloads: Vec<Workload>,
+    analytics: Analytics,
+    mesh_file: PathBuf,
+    certs_dir: PathBuf,
+    kafka: Option<EmbeddedCluster>,
+    tasks: JoinSet<()>,
+}
+
+impl fmt::Debug for Bookinfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bookinfo")
+            .field("workloads", &self.workloads)
+            .field("mesh_file", &self.mesh_file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The workloads, in port order, with the identity (service account) each proves.
+const WORKLOADS: [(&str, &str); 8] = [
+    ("ingress", "ingress"),
+    ("productpage", "productpage"),
+    ("details", "details"),
+    ("reviews-v1", "reviews"),
+    ("reviews-v2", "reviews"),
+    ("reviews-v3", "reviews"),
+    ("ratings", "ratings"),
+    ("analytics", "analytics"),
+];
+
+/// The admin endpoints listen this far above the workloads.
+const ADMIN_PORT_OFFSET: u16 = 100;
+
+/// How long [`Bookinfo::switch`] waits for every workload to run the new configuration.
+const RELOAD_WAIT: Duration = Duration::from_secs(10);
+
+impl Bookinfo {
+    /// Starts every workload; returns once all serve. Must be called within a multi-threaded
+    /// tokio runtime.
+    pub async fn start(options: Options) -> Result<Self, Error> {
+        let certs_dir = options.state_dir.join("certs");
+        std::fs::create_dir_all(&certs_dir)
+            .map_err(error(format!("cannot create {}", certs_dir.display())))?;
+        let mesh_file = options.state_dir.join("mesh.toml");
+        scenario::write(
+            &mesh_file,
+            &scenario::mesh_toml(&options.routes, &options.routes_origin),
+        )
+        .map_err(error(format!("cannot write {}", mesh_file.display())))?;
+        let identities = issue_identities(&certs_dir)?;
+
+        let mut listeners = Vec::new();
+        for (i, (name, _)) in WORKLOADS.iter().enumerate() {
+            let port = port(options.base_port, i as u16);
+            let listener = bind(name, port).await?;
+            listeners.push(listener);
+        }
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|listener| {
+                listener
+                    .local_addr()
+                    .expect("a bound listener has an address")
+            })
+            .collect();
+        let at = |name: &str| {
+            addrs[WORKLOADS
+                .iter()
+                .position(|(n, _)| *n == name)
+                .expect("a workload")]
+        };
+
+        let kafka = if options.kafka_brokers.is_empty() {
+            let embedded = EmbeddedCluster::new(1).map_err(error("embedded Kafka cluster"))?;
+            embedded
+                .create_topic(ratings::TOPIC, 3)
+                .map_err(error("embedded Kafka cluster"))?;
+            Some(embedded)
+        } else {
+            None
+        };
+        let brokers = match &kafka {
+            Some(embedded) => embedded.brokers(),
+            None => options.kafka_brokers.clone(),
+        };
+
+        // Where every service is, as a platform's discovery would say.
+        let mut endpoints: BTreeMap<&str, Vec<Endpoint>> = BTreeMap::new();
+        for name in ["productpage", "details", "ratings", "analytics"] {
+            endpoints.insert(name, vec![Endpoint::new(at(name))]);
+        }
+        endpoints.insert(
+            "reviews",
+            Version::ALL
+                .iter()
+                .map(|version| {
+                    Endpoint::new(at(&format!("reviews-{}", version.label())))
+                        .with_label("version", version.label())
+                })
+                .collect(),
+        );
+        endpoints.insert("events", brokers.into_iter().map(Endpoint::new).collect());
+
+        let mut meshes = Vec::new();
+        for (name, account) in WORKLOADS {
+            let mut builder = Mesh::builder_from_file_watched(&mesh_file)
+                .map_err(error(mesh_file.display()))?
+                .identity(identities[account].clone())
+                .tracer_provider(match &options.tracer_providers {
+                    Some(providers) => providers(name),
+                    None => SdkTracerProvider::builder()
+                        .with_resource(Resource::builder().with_service_name(name).build())
+                        .build(),
+                });
+            for (service, endpoints) in &endpoints {
+                builder = builder.resolver(service, StaticResolver::new(endpoints.clone()));
+            }
+            meshes.push(builder.build().map_err(error(format!("{name}'s mesh")))?);
+        }
+
+        let mut tasks = JoinSet::new();
+        let analytics = Analytics::default();
+        let mut listeners = listeners.into_iter();
+        let mut meshes_iter = meshes.iter();
+        let mut next = || {
+            (
+                listeners.next().expect("a listener per workload"),
+                meshes_iter.next().expect("a mesh per workload"),
+            )
+        };
+
+        let (listener, mesh) = next();
+        let ingress = Ingress::new(client(mesh, "productpage")?, client(mesh, "analytics")?);
+        serve(&mut tasks, mesh, "ingress", listener, move |request| {
+            ingress.clone().handle(request)
+        });
+
+        let (listener, mesh) = next();
+        let page = ProductPage::new(client(mesh, "details")?, client(mesh, "reviews")?);
+        serve(&mut tasks, mesh, "productpage", listener, move |request| {
+            page.clone().handle(request)
+        });
+
+        let (listener, mesh) = next();
+        serve(&mut tasks, mesh, "details", listener, details::handle);
+
+        for version in Version::ALL {
+            let (listener, mesh) = next();
+            let ratings = match version {
+                Version::V1 => None,
+                Version::V2 | Version::V3 => Some(
+                    meshlib_grpc::channel(mesh, "ratings")
+                        .map_err(error("reviews' channel to ratings"))?,
+                ),
+            };
+            let reviews = Reviews::new(version, ratings);
+            serve(&mut tasks, mesh, "reviews", listener, move |request| {
+                reviews.clone().handle(request)
+            });
+        }
+
+        let (listener, mesh) = next();
+        let events = KafkaCluster::connect(mesh, "events")
+            .await
+            .map_err(error("ratings' Kafka cluster"))?;
+        let producer = events.producer().map_err(error("ratings' producer"))?;
+        let server =
+            meshlib_grpc::server(mesh, "ratings").add_service(RatingsServer::new(producer));
+        tasks.spawn(async move {
+            if let Err(error) = server.serve(listener).await {
+                tracing::error!(%error, "ratings stopped serving");
+            }
+        });
+
+        let (listener, mesh) = next();
+        let events = KafkaCluster::connect(mesh, "events")
+            .await
+            .map_err(error("analytics' Kafka cluster"))?;
+        let consumer = events
+            .consumer(&[ratings::TOPIC])
+            .map_err(error("analytics' consumer"))?;
+        let counter = analytics.clone();
+        tasks.spawn(async move {
+            // The work happens in the future, which runs under the record's `process` span.
+            let handler = |record: Record| {
+                let counter = counter.clone();
+                async move { counter.record(&record) }
+            };
+            if let Err(error) = consumer.run(handler).await {
+                tracing::error!(%error, "analytics stopped consuming");
+            }
+        });
+        let handler = analytics.clone();
+        serve(&mut tasks, mesh, "analytics", listener, move |request| {
+            handler.clone().handle(request)
+        });
+
+        let mut workloads = Vec::new();
+        for (i, ((name, _), mesh)) in WORKLOADS.iter().zip(meshes).enumerate() {
+            let admin_port = match options.base_port {
+                0 => 0,
+                base => base + ADMIN_PORT_OFFSET + i as u16,
+            };
+            let admin = mesh
+                .admin(SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port)))
+                .await
+                .map_err(error(format!(
+                    "{name}'s admin endpoint on port {admin_port}"
+                )))?;
+            workloads.push(Workload {
+                name,
+                addr: addrs[i],
+                mesh,
+                admin,
+            });
+        }
+
+        Ok(Self {
+            workloads,
+            analytics,
+            mesh_file,
+            certs_dir,
+            kafka,
+            tasks,
+        })
+    }
+
+    /// The workloads, ingress first.
+    pub fn workloads(&self) -> &[Workload] {
+        &self.workloads
+    }
+
+    /// The workload called `name`.
+    ///
+    /// # Panics
+    ///
+    /// If there is none: names are fixed (see [`Workload::name`]).
+    pub fn workload(&self, name: &str) -> &Workload {
+        self.workloads
+            .iter()
+            .find(|workload| workload.name == name)
+            .unwrap_or_else(|| panic!("no workload {name}"))
+    }
+
+    /// Where readers come in: the ingress (plaintext HTTP).
+    pub fn ingress_addr(&self) -> SocketAddr {
+        self.workloads[0].addr
+    }
+
+    /// The configuration file every workload follows.
+    pub fn mesh_file(&self) -> &Path {
+        &self.mesh_file
+    }
+
+    /// Where each identity's certificate and key are, with the CA's bundle: `<name>.pem`,
+    /// `<name>-key.pem`, `bundle.pem`.
+    pub fn certs_dir(&self) -> &Path {
+        &self.certs_dir
+    }
+
+    /// The Kafka bootstrap brokers, when the cluster is the embedded one.
+    pub fn embedded_kafka(&self) -> Option<String> {
+        self.kafka.as_ref().map(EmbeddedCluster::bootstrap_servers)
+    }
+
+    /// What analytics has counted.
+    pub fn analytics(&self) -> &Analytics {
+        &self.analytics
+    }
+
+    /// Runs `routes` (from `origin`) from now on: writes the configuration file, as
+    /// `bookinfo scenario` does, and returns once every workload runs it.
+    pub async fn switch(&self, routes: &str, origin: &str) -> Result<(), Error> {
+        let contents = scenario::mesh_toml(routes, origin);
+        let expected = MeshConfig::from_toml(&contents).map_err(error(origin))?;
+        scenario::write(&self.mesh_file, &contents)
+            .map_err(error(format!("cannot write {}", self.mesh_file.display())))?;
+        let applied = async {
+            while !self
+                .workloads
+                .iter()
+                .all(|workload| *workload.mesh.config() == expected)
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(RELOAD_WAIT, applied)
+            .await
+            .map_err(error(format!("{origin} not applied by every workload")))
+    }
+}
+
+impl Bookinfo {
+    /// Stops every workload and waits until they have: servers, the consumer and the producer
+    /// are gone before the embedded Kafka cluster is.
+    pub async fn stop(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Drop for Bookinfo {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+fn port(base: u16, offset: u16) -> u16 {
+    match base {
+        0 => 0,
+        base => base + offset,
+    }
+}
+
+async fn bind(name: &str, port: u16) -> Result<TcpListener, Error> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        .await
+        .map_err(error(format!("{name} cannot listen on 127.0.0.1:{port}")))
+}
+
+fn client(mesh: &Mesh, service: &str) -> Result<meshlib::HttpClient, Error> {
+    mesh.http_client(service)
+        .map_err(error(format!("client for {service}")))
+}
+
+/// Issues each service account's certificate from a new development CA, writes them into `dir`
+/// (for curl), and returns the identities. The certificates also name 127.0.0.1 and localhost,
+/// for clients that check the address they dialled, as curl does.
+fn issue_identities(dir: &Path) -> Result<BTreeMap<&'static str, Identity>, Error> {
+    let ca = DevCa::new(TRUST_DOMAIN).map_err(error("development CA"))?;
+    let mut identities = BTreeMap::new();
+    for (_, account) in WORKLOADS {
+        if identities.contains_key(account) {
+            continue;
+        }
+        let cert = ca
+            .request(NAMESPACE, account)
+            .ip_san(Ipv4Addr::LOCALHOST.into())
+            .dns_san("localhost")
+            .issue()
+            .map_err(error(format!("{account}'s certificate")))?;
+        cert.write_to(dir, account).map_err(error(format!(
+            "cannot write {account}'s certificate into {}",
+            dir.display()
+        )))?;
+        let identity = cert
+            .identity()
+            .map_err(error(format!("{account}'s identity")))?;
+        identities.insert(account, identity);
+    }
+    Ok(identities)
+}
+
+/// Serves `handler` as `mesh`'s server `name` on `listener`, in `tasks`.
+fn serve<H, F>(
+    tasks: &mut JoinSet<()>,
+    mesh: &Mesh,
+    name: &'static str,
+    listener: TcpListener,
+    handler: H,
+) where
+    H: FnMut(Request<Body>) -> F + Clone + Send + 'static,
+    F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    let server = mesh.server(name);
+    tasks.spawn(async move {
+        if let Err(error) = server.serve(listener, tower::service_fn(handler)).await {
+            tracing::error!(server = name, %error, "stopped serving");
+        }
+    });
+}
