@@ -8,9 +8,10 @@
 //! the server to everyone else, as Istio's AuthorizationPolicy does; a policy of deny rules only
 //! allows the rest; no rules allow everything.
 //!
-//! A denied request gets 403 with a one-line reason naming the rule (or that none allowed it),
-//! and an `info` event with the server, the rule, the peer's address and identity, the method and
-//! the path. The decision happens on the request's head only: the body is never read.
+//! A denied request gets 403 with a one-line reason naming the rule (or that none allowed it), a
+//! gRPC call PERMISSION_DENIED with that reason as its message, and an `info` event with the
+//! server, the rule, the peer's address and identity, the method and the path. The decision
+//! happens on the request's head only: the body is never read.
 //!
 //! The peer comes from the [`Peer`] request extension that [`Server`](super::Server) inserts;
 //! a request without one (an accept loop of the application's own that did not insert it) has
@@ -156,13 +157,35 @@ where
                 path = request.uri().path(),
                 "request denied"
             );
-            let response = Response::builder()
-                .status(StatusCode::FORBIDDEN)
-                .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-                .body(Body::from(body))
-                .expect("a static response is valid");
+            let response = if crate::grpc::is_grpc(request.headers()) {
+                denied_grpc(&body)
+            } else {
+                Response::builder()
+                    .status(StatusCode::FORBIDDEN)
+                    .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                    .body(Body::from(body))
+                    .expect("a static response is valid")
+            };
             return Either::Left(ready(Ok(response)));
         }
         Either::Right(self.inner.call(request))
     }
+}
+
+/// A denial in gRPC's terms: PERMISSION_DENIED, trailers-only, with the reason as its message,
+/// which gRPC clients read where a 403's text body would fail to decode as gRPC.
+fn denied_grpc(reason: &Bytes) -> Response<Body> {
+    let mut response = Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(
+            crate::grpc::STATUS_HEADER,
+            crate::grpc::Code::PermissionDenied.number(),
+        );
+    // A rule name that is no valid header value leaves the message out, not the status.
+    if let Ok(message) = http::HeaderValue::from_bytes(reason.trim_ascii_end()) {
+        response = response.header("grpc-message", message);
+    }
+    response
+        .body(Body::empty())
+        .expect("a static response is valid")
 }
