@@ -27,7 +27,7 @@ use crate::ingress::Ingress;
 use crate::productpage::ProductPage;
 use crate::ratings::{self, RatingsServer};
 use crate::reviews::{Reviews, Version};
-use crate::scenario;
+use crate::scenario::{self, Scenario};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -78,10 +78,18 @@ impl Options {
             state_dir: state_dir.into(),
             base_port: 0,
             routes: default.routes.to_owned(),
-            routes_origin: format!("scenarios/{}.toml", default.name),
+            routes_origin: default.file(),
             kafka_brokers: Vec::new(),
             tracer_providers: None,
         }
+    }
+
+    /// Starts with the routes of `scenario`.
+    #[must_use]
+    pub fn scenario(mut self, scenario: &Scenario) -> Self {
+        self.routes = scenario.routes.to_owned();
+        self.routes_origin = scenario.file();
+        self
     }
 }
 
@@ -137,7 +145,7 @@ pub struct Bookinfo {
     analytics: Analytics,
     mesh_file: PathBuf,
     certs_dir: PathBuf,
-    kafka: Option<EmbeddedCluster>,
+    kafka: Option<EmbeddedBrokers>,
     tasks: JoinSet<()>,
 }
 
@@ -172,17 +180,6 @@ impl Bookinfo {
     /// Starts every workload; returns once all serve. Must be called within a multi-threaded
     /// tokio runtime.
     pub async fn start(options: Options) -> Result<Self, Error> {
-        let certs_dir = options.state_dir.join("certs");
-        std::fs::create_dir_all(&certs_dir)
-            .map_err(error(format!("cannot create {}", certs_dir.display())))?;
-        let mesh_file = options.state_dir.join("mesh.toml");
-        scenario::write(
-            &mesh_file,
-            &scenario::mesh_toml(&options.routes, &options.routes_origin),
-        )
-        .map_err(error(format!("cannot write {}", mesh_file.display())))?;
-        let identities = issue_identities(&certs_dir)?;
-
         let mut listeners = Vec::new();
         for (i, (name, _)) in WORKLOADS.iter().enumerate() {
             let port = port(options.base_port, i as u16);
@@ -204,17 +201,26 @@ impl Bookinfo {
                 .expect("a workload")]
         };
 
+        // Written once the ports are ours: a second copy that cannot listen must not change
+        // the files of the one running.
+        let certs_dir = options.state_dir.join("certs");
+        std::fs::create_dir_all(&certs_dir)
+            .map_err(error(format!("cannot create {}", certs_dir.display())))?;
+        let mesh_file = options.state_dir.join("mesh.toml");
+        scenario::write(
+            &mesh_file,
+            &scenario::mesh_toml(&options.routes, &options.routes_origin),
+        )
+        .map_err(error(format!("cannot write {}", mesh_file.display())))?;
+        let identities = issue_identities(&certs_dir)?;
+
         let kafka = if options.kafka_brokers.is_empty() {
-            let embedded = EmbeddedCluster::new(1).map_err(error("embedded Kafka cluster"))?;
-            embedded
-                .create_topic(ratings::TOPIC, 3)
-                .map_err(error("embedded Kafka cluster"))?;
-            Some(embedded)
+            Some(EmbeddedBrokers::start()?)
         } else {
             None
         };
         let brokers = match &kafka {
-            Some(embedded) => embedded.brokers(),
+            Some(embedded) => embedded.brokers.clone(),
             None => options.kafka_brokers.clone(),
         };
 
@@ -300,7 +306,9 @@ impl Bookinfo {
         let producer = events.producer().map_err(error("ratings' producer"))?;
         let server =
             meshlib_grpc::server(mesh, "ratings").add_service(RatingsServer::new(producer));
+        let brokers = kafka.clone();
         tasks.spawn(async move {
+            let _brokers = brokers;
             if let Err(error) = server.serve(listener).await {
                 tracing::error!(%error, "ratings stopped serving");
             }
@@ -314,7 +322,9 @@ impl Bookinfo {
             .consumer(&[ratings::TOPIC])
             .map_err(error("analytics' consumer"))?;
         let counter = analytics.clone();
+        let brokers = kafka.clone();
         tasks.spawn(async move {
+            let _brokers = brokers;
             // The work happens in the future, which runs under the record's `process` span.
             let handler = |record: Record| {
                 let counter = counter.clone();
@@ -394,12 +404,19 @@ impl Bookinfo {
 
     /// The Kafka bootstrap brokers, when the cluster is the embedded one.
     pub fn embedded_kafka(&self) -> Option<String> {
-        self.kafka.as_ref().map(EmbeddedCluster::bootstrap_servers)
+        self.kafka
+            .as_ref()
+            .map(|embedded| embedded.bootstrap.clone())
     }
 
     /// What analytics has counted.
     pub fn analytics(&self) -> &Analytics {
         &self.analytics
+    }
+
+    /// Runs `scenario`'s routes from now on; see [`Bookinfo::switch`].
+    pub async fn switch_scenario(&self, scenario: &Scenario) -> Result<(), Error> {
+        self.switch(scenario.routes, &scenario.file()).await
     }
 
     /// Runs `routes` (from `origin`) from now on: writes the configuration file, as
@@ -436,6 +453,53 @@ impl Bookinfo {
 impl Drop for Bookinfo {
     fn drop(&mut self) {
         self.tasks.abort_all();
+    }
+}
+
+/// The embedded Kafka cluster, on a thread of its own (it is not `Send`) until the last clone
+/// is dropped. The tasks of Kafka's clients hold clones, so that the brokers outlive the clients
+/// however the application stops: a consumer closing without its brokers waits out its session
+/// timeout.
+#[derive(Clone, Debug)]
+struct EmbeddedBrokers {
+    bootstrap: String,
+    brokers: Vec<SocketAddr>,
+    /// Never sent on: the thread stops when the last sender is dropped.
+    _alive: std::sync::mpsc::Sender<()>,
+}
+
+impl EmbeddedBrokers {
+    /// One broker (replication is not what Bookinfo shows), with the events topic.
+    fn start() -> Result<Self, Error> {
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let (alive, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("embedded-kafka".to_owned())
+            .spawn(move || {
+                let started = EmbeddedCluster::new(1).and_then(|cluster| {
+                    cluster.create_topic(ratings::TOPIC, 3)?;
+                    Ok(cluster)
+                });
+                match started {
+                    Ok(cluster) => {
+                        let _ = ready_tx.send(Ok((cluster.bootstrap_servers(), cluster.brokers())));
+                        let _ = stopped.recv();
+                    }
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error));
+                    }
+                }
+            })
+            .map_err(error("embedded Kafka cluster"))?;
+        let (bootstrap, brokers) = ready
+            .recv()
+            .map_err(error("embedded Kafka cluster"))?
+            .map_err(error("embedded Kafka cluster"))?;
+        Ok(Self {
+            bootstrap,
+            brokers,
+            _alive: alive,
+        })
     }
 }
 

@@ -154,7 +154,7 @@ fn switch(name: Option<&str>, state_dir: PathBuf) -> Result<(), String> {
             path.display()
         ));
     }
-    let contents = scenario::mesh_toml(scenario.routes, &format!("scenarios/{name}.toml"));
+    let contents = scenario::mesh_toml(scenario.routes, &scenario.file());
     scenario::write(&path, &contents).map_err(|error| format!("{}: {error}", path.display()))?;
     println!("{}: now {name}: {}", path.display(), scenario.summary);
     Ok(())
@@ -175,10 +175,9 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|error| format!("cannot start the runtime: {error}"))?;
     let result = runtime.block_on(async {
         let demo = args.demo.is_some();
-        let mut options = Options::new(args.state_dir.unwrap_or_else(|| default_state_dir(demo)));
+        let mut options = Options::new(args.state_dir.unwrap_or_else(|| default_state_dir(demo)))
+            .scenario(scenario);
         options.base_port = args.base_port.unwrap_or(if demo { 0 } else { 9080 });
-        options.routes = scenario.routes.to_owned();
-        options.routes_origin = format!("scenarios/{}.toml", scenario.name);
         if let Some(brokers) = &args.kafka_brokers {
             options.kafka_brokers = resolve_brokers(brokers).await?;
         }

@@ -22,6 +22,13 @@ pub struct Scenario {
     pub routes: &'static str,
 }
 
+impl Scenario {
+    /// Its file, `scenarios/<name>.toml`, as the head of the running configuration names it.
+    pub fn file(&self) -> String {
+        format!("scenarios/{}.toml", self.name)
+    }
+}
+
 /// Every scenario, in the order of Istio's tasks.
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
