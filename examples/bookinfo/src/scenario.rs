@@ -102,3 +102,40 @@ pub fn write(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(&aside, contents)?;
     std::fs::rename(&aside, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use meshlib::MeshConfig;
+
+    use super::*;
+
+    #[test]
+    fn every_scenario_is_a_valid_configuration_with_its_own_routes() {
+        let base = MeshConfig::from_toml(BASE).unwrap();
+        for scenario in SCENARIOS {
+            let config = MeshConfig::from_toml(&mesh_toml(scenario.routes, &scenario.file()))
+                .unwrap_or_else(|error| panic!("{}: {error}", scenario.name));
+            let routes = |config: &MeshConfig| {
+                (
+                    config.services["reviews"].routes.clone(),
+                    config.services["ratings"].routes.clone(),
+                )
+            };
+            assert_eq!(
+                routes(&config) == routes(&base),
+                scenario.name == "default",
+                "{}",
+                scenario.name
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_scenario_names_the_known_ones() {
+        let error = find("all-v4").unwrap_err().to_string();
+        assert!(
+            error.contains("`all-v4`") && error.contains("canary-v3"),
+            "{error}"
+        );
+    }
+}
