@@ -182,8 +182,7 @@ impl Bookinfo {
     pub async fn start(options: Options) -> Result<Self, Error> {
         let mut listeners = Vec::new();
         for (i, (name, _)) in WORKLOADS.iter().enumerate() {
-            let port = port(options.base_port, i as u16);
-            let listener = bind(name, port).await?;
+            let listener = bind(name, port(options.base_port, i)?).await?;
             listeners.push(listener);
         }
         let addrs: Vec<SocketAddr> = listeners
@@ -341,10 +340,7 @@ impl Bookinfo {
 
         let mut workloads = Vec::new();
         for (i, ((name, _), mesh)) in WORKLOADS.iter().zip(meshes).enumerate() {
-            let admin_port = match options.base_port {
-                0 => 0,
-                base => base + ADMIN_PORT_OFFSET + i as u16,
-            };
+            let admin_port = port(options.base_port, usize::from(ADMIN_PORT_OFFSET) + i)?;
             let admin = mesh
                 .admin(SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port)))
                 .await
@@ -503,11 +499,14 @@ impl EmbeddedBrokers {
     }
 }
 
-fn port(base: u16, offset: u16) -> u16 {
-    match base {
-        0 => 0,
-        base => base + offset,
+/// The port `offset` above `base`; 0 (a free port) for a base of 0.
+fn port(base: u16, offset: usize) -> Result<u16, Error> {
+    if base == 0 {
+        return Ok(0);
     }
+    u16::try_from(usize::from(base) + offset).map_err(error(format!(
+        "base port {base}: port {base} + {offset} is past 65535"
+    )))
 }
 
 async fn bind(name: &str, port: u16) -> Result<TcpListener, Error> {

@@ -99,7 +99,7 @@ async fn read(ingress: SocketAddr, reader: usize, until: Instant) -> Summary {
         Client::builder(TokioExecutor::new()).build_http();
     let mut seen = Summary::default();
     while Instant::now() < until {
-        let jason = (seen.requests as usize + reader) % 4 == 0;
+        let jason = (seen.requests as usize + reader).is_multiple_of(4);
         let mut request = http::Request::get(format!("http://{ingress}/api/v1/products/0"));
         if jason {
             request = request.header(END_USER, "jason");
