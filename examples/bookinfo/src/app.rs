@@ -11,7 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use meshlib::discovery::{Endpoint, StaticResolver};
 use meshlib::identity::{DevCa, Identity};
 use meshlib::{Admin, Body, Mesh, MeshConfig};
@@ -173,8 +178,12 @@ const WORKLOADS: [(&str, &str); 8] = [
 /// The admin endpoints listen this far above the workloads.
 const ADMIN_PORT_OFFSET: u16 = 100;
 
-/// How long [`Bookinfo::switch`] waits for every workload to run the new configuration.
+/// How long a switch waits for every workload to run the new configuration.
 const RELOAD_WAIT: Duration = Duration::from_secs(10);
+
+/// The state directory's list of admin endpoints, `<workload> <address>` a line: where
+/// [`switch_running`] asks each workload which configuration it runs.
+const ADMINS_FILE: &str = "admin-endpoints";
 
 impl Bookinfo {
     /// Starts every workload; returns once all serve. Must be called within a multi-threaded
@@ -354,6 +363,14 @@ impl Bookinfo {
                 admin,
             });
         }
+
+        let admins: String = workloads
+            .iter()
+            .map(|workload| format!("{} {}\n", workload.name, workload.admin_addr()))
+            .collect();
+        let admins_file = options.state_dir.join(ADMINS_FILE);
+        std::fs::write(&admins_file, admins)
+            .map_err(error(format!("cannot write {}", admins_file.display())))?;
 
         Ok(Self {
             workloads,
@@ -565,4 +582,66 @@ fn serve<H, F>(
             tracing::error!(server = name, %error, "stopped serving");
         }
     });
+}
+
+/// Switches the Bookinfo running with state in `state_dir` (another process) to `scenario`:
+/// writes its configuration file, then asks each workload's admin endpoint (`/config`) until
+/// all run the new configuration. Returns how many workloads confirmed.
+pub async fn switch_running(state_dir: &Path, scenario: &Scenario) -> Result<usize, Error> {
+    let mesh_file = state_dir.join("mesh.toml");
+    let admins_file = state_dir.join(ADMINS_FILE);
+    let admins = std::fs::read_to_string(&admins_file).map_err(error(format!(
+        "no running bookinfo here ({}); start it first, or give its --state-dir",
+        admins_file.display()
+    )))?;
+    let admins: Vec<(&str, &str)> = admins
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .collect();
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    // A bookinfo that stopped leaves its files: check that it runs before changing them.
+    for (name, addr) in &admins {
+        if running_config(&client, addr).await.is_none() {
+            return Err(Error {
+                context: format!("{name}'s admin endpoint {addr} does not answer"),
+                source: "is bookinfo running? Start it first, or give its --state-dir".into(),
+            });
+        }
+    }
+
+    let contents = scenario::mesh_toml(scenario.routes, &scenario.file());
+    let expected = MeshConfig::from_toml(&contents).map_err(error(scenario.file()))?;
+    let expected = serde_json::to_value(&expected).map_err(error("the configuration as JSON"))?;
+    scenario::write(&mesh_file, &contents)
+        .map_err(error(format!("cannot write {}", mesh_file.display())))?;
+
+    let mut confirmed = 0;
+    for (name, addr) in admins {
+        let applied = async {
+            while running_config(&client, addr).await.as_ref() != Some(&expected) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(RELOAD_WAIT, applied)
+            .await
+            .map_err(error(format!(
+                "{name} (admin endpoint {addr}) does not run {} after {RELOAD_WAIT:?}; its log \
+                 says why",
+                scenario.file()
+            )))?;
+        confirmed += 1;
+    }
+    Ok(confirmed)
+}
+
+/// The configuration the workload with admin endpoint `addr` runs, as JSON.
+async fn running_config(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    addr: &str,
+) -> Option<serde_json::Value> {
+    let uri = format!("http://{addr}/config").parse().ok()?;
+    let response = client.get(uri).await.ok()?;
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    serde_json::from_slice(&body).ok()
 }

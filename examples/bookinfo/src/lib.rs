@@ -31,5 +31,7 @@ pub mod reviews;
 pub mod scenario;
 mod web;
 
-pub use app::{Bookinfo, Error, NAMESPACE, Options, TRUST_DOMAIN, TracerProviders, Workload};
+pub use app::{
+    Bookinfo, Error, NAMESPACE, Options, TRUST_DOMAIN, TracerProviders, Workload, switch_running,
+};
 pub use web::END_USER;

@@ -147,16 +147,17 @@ fn switch(name: Option<&str>, state_dir: PathBuf) -> Result<(), String> {
         return Ok(());
     };
     let scenario = scenario::find(name).map_err(|error| error.to_string())?;
-    let path = state_dir.join("mesh.toml");
-    if !path.is_file() {
-        return Err(format!(
-            "{} does not exist: start bookinfo first (cargo run --release -p bookinfo), or give its --state-dir",
-            path.display()
-        ));
-    }
-    let contents = scenario::mesh_toml(scenario.routes, &scenario.file());
-    scenario::write(&path, &contents).map_err(|error| format!("{}: {error}", path.display()))?;
-    println!("{}: now {name}: {}", path.display(), scenario.summary);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the runtime: {error}"))?;
+    let confirmed = runtime
+        .block_on(bookinfo::switch_running(&state_dir, scenario))
+        .map_err(|error| error.to_string())?;
+    println!(
+        "{name}: {} (all {confirmed} workloads run it)",
+        scenario.summary
+    );
     Ok(())
 }
 
