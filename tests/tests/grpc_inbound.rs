@@ -134,7 +134,7 @@ async fn a_denied_call_is_permission_denied() {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert_eq!(
         status.message(),
-        "forbidden: denied by authorization rule \"no echoes\""
+        "denied by authorization rule \"no echoes\""
     );
     assert_eq!(
         server.hits(),
