@@ -85,6 +85,8 @@ pub struct MeshBuilder {
     resolvers: HashMap<String, Arc<dyn Resolver>>,
     identity: Option<Identity>,
     tracer_provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    /// The configuration file the built mesh follows, if it came from one to follow.
+    watched: Option<PathBuf>,
 }
 
 impl fmt::Debug for MeshBuilder {
@@ -93,6 +95,7 @@ impl fmt::Debug for MeshBuilder {
             .field("config", &self.config)
             .field("resolvers", &self.resolvers.keys())
             .field("identity", &self.identity)
+            .field("watched", &self.watched)
             .finish()
     }
 }
@@ -129,7 +132,9 @@ impl MeshBuilder {
         self
     }
 
-    /// Validates the configuration, reads the identity's files, and builds the mesh.
+    /// Validates the configuration, reads the identity's files, and builds the mesh; one from
+    /// [`Mesh::builder_from_file_watched`] starts following its file (and must then be built
+    /// within a tokio runtime).
     pub fn build(self) -> Result<Mesh, Error> {
         let has_identity = self.identity.is_some() || self.config.identity.is_some();
         check(&self.config, &self.resolvers, has_identity)?;
@@ -142,7 +147,7 @@ impl MeshBuilder {
         };
         let telemetry =
             Telemetry::new(&config.telemetry, self.tracer_provider).map_err(Error::config)?;
-        Ok(Mesh {
+        let mesh = Mesh {
             inner: Arc::new(Inner {
                 config: ArcSwap::from_pointee(config),
                 identity,
@@ -153,7 +158,12 @@ impl MeshBuilder {
                 servers: Mutex::default(),
                 telemetry: Arc::new(telemetry),
             }),
-        })
+        };
+        if let Some(path) = self.watched {
+            let watcher = tokio::spawn(follow(path, mesh.handle()));
+            *lock(&mesh.inner.watcher) = Some(watcher);
+        }
+        Ok(mesh)
     }
 }
 
@@ -197,6 +207,7 @@ impl Mesh {
             resolvers: HashMap::new(),
             identity: None,
             tracer_provider: None,
+            watched: None,
         }
     }
 
@@ -217,16 +228,18 @@ impl Mesh {
     /// Must be called from within a tokio runtime. The file is followed until the mesh and
     /// every clone of it are dropped.
     pub fn from_file_watched(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::builder_from_file_watched(path)?.build()
+    }
+
+    /// Starts building a mesh from a configuration file that the mesh will follow as
+    /// [`Mesh::from_file_watched`] does, with parts given in code: an identity, resolvers, a
+    /// tracer provider. Several processes' worth of meshes can so share one file (each its own
+    /// identity), and a reload keeps what was given in code.
+    pub fn builder_from_file_watched(path: impl AsRef<Path>) -> Result<MeshBuilder, Error> {
         let path = path.as_ref().to_path_buf();
-        let mesh = Self::from_file(&path)?;
-        let handle = MeshHandle(Arc::downgrade(&mesh.inner));
-        let watcher = tokio::spawn(follow(path, handle));
-        *mesh
-            .inner
-            .watcher
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(watcher);
-        Ok(mesh)
+        let mut builder = Self::builder(MeshConfig::from_file(&path).map_err(Error::config)?);
+        builder.watched = Some(path);
+        Ok(builder)
     }
 
     /// The configuration the mesh runs with now.

@@ -2,6 +2,7 @@
 //! requests flow through the mesh.
 
 pub mod app;
+pub mod browser;
 pub mod dns;
 pub mod grpc;
 pub mod kafka;

@@ -3,16 +3,11 @@
 //! load to the next, and a screenshot is left under the target directory to look at
 //! (`test-artifacts/dashboard.png`).
 //!
-//! Each load is one `chromium --headless` run with a virtual time budget: the page's timers run
-//! on virtual time that Chromium advances as fast as it can, pausing it while a fetch is pending,
-//! so a few seconds of the page's life (a few polls of `/stats`) take well under a second. The
-//! DOM is read after the budget with `--dump-dom`. Needs Debian's `chromium`; `.ci/run` installs
-//! it.
+//! Each load is one headless Chromium run (see `meshlib_tests::browser`) of a few virtual seconds:
+//! a few polls of `/stats`. The DOM is read after them with `--dump-dom`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -20,55 +15,12 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use meshlib::{Body, Mesh, MeshConfig};
 use meshlib_tests::TestServer;
-use meshlib_tests::telemetry::{artifact_dir, fetch, program, serve};
+use meshlib_tests::browser::{assert_png, chromium};
+use meshlib_tests::telemetry::{artifact_dir, fetch, serve};
 use tower_service::Service as _;
 
-/// Virtual milliseconds each load runs for: the page polls at 0, 1, 2 and 3 s.
-const BUDGET_MS: &str = "3500";
-
-async fn chromium(url: &str, output: &[&str]) -> String {
-    let Some(chromium) = program("chromium") else {
-        panic!(
-            "chromium is not installed: this test loads the dashboard in it. Install Debian's \
-             `chromium` package (`.ci/run` does: apt-get install chromium)."
-        );
-    };
-    let profile = tempfile::tempdir().unwrap();
-    let mut command = tokio::process::Command::new(chromium);
-    command
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--hide-scrollbars",
-            "--window-size=1400,1000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("--virtual-time-budget={BUDGET_MS}"))
-        .args(output)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let run = tokio::time::timeout(Duration::from_secs(20), command.output())
-        .await
-        .expect("chromium finished in time")
-        .expect("chromium started");
-    assert!(
-        run.status.success(),
-        "chromium failed ({}):\n{}",
-        run.status,
-        String::from_utf8_lossy(&run.stderr)
-    );
-    String::from_utf8(run.stdout).unwrap()
-}
+/// Virtual time each load runs for: the page polls at 0, 1, 2 and 3 s.
+const BUDGET: Duration = Duration::from_millis(3500);
 
 /// The text of the first element after `anchor` in `dom` that starts with `open` (such as
 /// `<b class="total">`), up to the next tag.
@@ -161,7 +113,7 @@ async fn the_dashboard_renders_and_follows_the_traffic() {
     wait_for_requests(admin.addr(), 50).await;
 
     // First load: a card per service, charts drawn from the polls' differences.
-    let dom = chromium(&url, &["--dump-dom"]).await;
+    let dom = chromium(&url, BUDGET, &["--dump-dom"]).await;
     let polls: u64 = text_after(&dom, "id=\"polls\"", ">")
         .and_then(|polls| polls.parse().ok())
         .unwrap_or_else(|| panic!("a poll counter:\n{dom}"));
@@ -198,6 +150,7 @@ async fn the_dashboard_renders_and_follows_the_traffic() {
     let _ = std::fs::remove_file(&screenshot);
     let dom = chromium(
         &url,
+        BUDGET,
         &[
             "--dump-dom",
             &format!("--screenshot={}", screenshot.display()),
@@ -234,10 +187,4 @@ async fn wait_for_requests(admin: SocketAddr, count: u64) {
     })
     .await
     .expect("traffic counted in time");
-}
-
-fn assert_png(path: &Path) {
-    let bytes = std::fs::read(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
-    assert!(bytes.starts_with(b"\x89PNG"), "{} is a PNG", path.display());
-    assert!(bytes.len() > 10_000, "{} has content", path.display());
 }

@@ -1,7 +1,7 @@
 //! meshlib's inbound stack speaks gRPC to gRPC callers: load it sheds is refused with gRPC
 //! statuses (UNAVAILABLE over the concurrency limit, which the caller's mesh retries elsewhere;
-//! RESOURCE_EXHAUSTED over the rate limit), and a call still running when its deadline passes is
-//! answered DEADLINE_EXCEEDED by the server.
+//! RESOURCE_EXHAUSTED over the rate limit), a call authorization denies is PERMISSION_DENIED, and
+//! a call still running when its deadline passes is answered DEADLINE_EXCEEDED by the server.
 
 use std::time::Duration;
 
@@ -114,4 +114,31 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for RawChannel {
             .unwrap();
         client.request(request)
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_call_is_permission_denied() {
+    let server = GrpcServer::start_with(
+        "guarded",
+        None,
+        "[[servers.guarded.authorization]]\nname = \"no echoes\"\naction = \"deny\"\n\
+         paths = [\"/meshtest.Echo/Unary\"]\n",
+    )
+    .await;
+    let to_server = channel(&grpc_service_toml("guarded", &[&server], ""), "guarded");
+
+    let status = timeout(BOUND, unary(&to_server, "hello"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "denied by authorization rule \"no echoes\""
+    );
+    assert_eq!(
+        server.hits(),
+        0,
+        "the denied call never reached the service"
+    );
 }
