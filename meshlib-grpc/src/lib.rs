@@ -34,9 +34,8 @@
 //!
 //! # Telemetry
 //!
-//! Each call's [`meshlib::grpc::RpcMethod`] is put in the request's extensions, and, if the
-//! current tracing span declares them, `rpc.system = "grpc"`, `rpc.service` and `rpc.method` are
-//! recorded on it; the core records `rpc.grpc.status_code` on the span current when the attempt
+//! If the current tracing span declares them, `rpc.system = "grpc"`, `rpc.service` and
+//! `rpc.method` (parsed with [`meshlib::grpc::RpcMethod`]) are recorded on it; the core records `rpc.grpc.status_code` on the span current when the attempt
 //! was sent, once the status is known. These are OpenTelemetry's RPC conventions: a telemetry
 //! layer declares the fields and the values arrive.
 #![forbid(unsafe_code)]
