@@ -27,9 +27,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::{BalancedEndpoint, Balancer};
 use crate::config::{HealthCheckConfig, HealthCheckKind, ServiceConfig};
+use crate::grpc::{self, Code};
 use crate::http::Connector;
 use crate::identity::Identity;
-use crate::grpc::{self, Code};
 
 /// An endpoint's health as active checks see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

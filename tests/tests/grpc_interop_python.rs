@@ -198,11 +198,7 @@ async fn a_meshlib_client_calls_a_grpcio_server_over_mtls() {
 }
 
 /// A channel to grpcio at `port` that expects the server to be `expected`, one attempt per call.
-fn channel_expecting(
-    identity_toml: &str,
-    port: u16,
-    expected: &str,
-) -> meshlib_grpc::GrpcChannel {
+fn channel_expecting(identity_toml: &str, port: u16, expected: &str) -> meshlib_grpc::GrpcChannel {
     channel(
         &format!(
             "{identity_toml}[services.echo]\nprotocol = \"http2\"\nidentity = \"{expected}\"\n\
