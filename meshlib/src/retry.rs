@@ -112,7 +112,7 @@ impl<S> tower::Layer<S> for RetryLayer {
 
 impl<S> tower_service::Service<Request<Body>> for Retry<S>
 where
-    S: MeshService + Clone + Send + 'static,
+    S: MeshService<Future = ResponseFuture> + Clone + Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Error;
@@ -283,7 +283,13 @@ pub(crate) fn clone_request(parts: &http::request::Parts, body: Body) -> Request
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
     *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
+    // With room for the two headers the endpoint layer adds to each attempt (`Host` and the
+    // time left), which a plain clone, sized to what it copies, would grow for.
+    let headers = request.headers_mut();
+    headers.reserve(parts.headers.len() + 2);
+    for (name, value) in &parts.headers {
+        headers.append(name, value.clone());
+    }
     *request.extensions_mut() = parts.extensions.clone();
     request
 }

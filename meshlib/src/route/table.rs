@@ -1,11 +1,14 @@
 //! The compiled route table and the layer that applies it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::header::{COOKIE, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
+use pin_project_lite::pin_project;
 use regex::Regex;
 
 use super::config::{
@@ -13,7 +16,7 @@ use super::config::{
 };
 use super::fault::Fault;
 use crate::balance::{Balancer, SubsetId};
-use crate::http::{Body, HttpClient, MeshService, ResponseFuture};
+use crate::http::{Body, HttpClient, MeshService};
 use crate::limit::RateLimit;
 use crate::mesh::MeshHandle;
 use crate::{Error, config::ServiceConfig};
@@ -432,19 +435,19 @@ where
 {
     type Response = Response<Body>;
     type Error = Error;
-    type Future = ResponseFuture;
+    type Future = RouterFuture<S::Future>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<Body>) -> ResponseFuture {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let route = Arc::clone(self.table.find(&request));
         if let Some(rate) = &route.rate_limit
             && !rate.try_acquire()
         {
             let error = Error::rate_limited(&self.table.service, rate.per_second());
-            return Box::pin(std::future::ready(Err(error)));
+            return RouterFuture::Refused { error: Some(error) };
         }
         if !route.request_headers.is_empty() {
             route.request_headers.apply(request.headers_mut());
@@ -462,14 +465,42 @@ where
         };
         request.extensions_mut().insert(routed);
         let response = self.inner.call(request);
-        if route.response_headers.is_empty() {
-            return response;
+        RouterFuture::Routed {
+            response,
+            route: (!route.response_headers.is_empty()).then_some(route),
         }
-        Box::pin(async move {
-            let mut response = response.await?;
-            route.response_headers.apply(response.headers_mut());
-            Ok(response)
-        })
+    }
+}
+
+pin_project! {
+    /// The future of a routed call: the call, whose response gets the route's response headers
+    /// if it has any; or the refusal of the route's rate limit.
+    #[project = RouterFutureProj]
+    pub(crate) enum RouterFuture<F> {
+        Routed { #[pin] response: F, route: Option<Arc<Route>> },
+        Refused { error: Option<Error> },
+    }
+}
+
+impl<F> Future for RouterFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Error>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            RouterFutureProj::Routed { response, route } => {
+                let mut response = ready!(response.poll(cx))?;
+                if let Some(route) = route {
+                    route.response_headers.apply(response.headers_mut());
+                }
+                Poll::Ready(Ok(response))
+            }
+            RouterFutureProj::Refused { error } => {
+                Poll::Ready(Err(error.take().expect("polled after it was ready")))
+            }
+        }
     }
 }
 
