@@ -141,7 +141,10 @@ impl Policy {
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
-        let deadline = request.extensions().get::<Deadline>().copied();
+        let deadline = request
+            .extensions()
+            .get::<Attempt>()
+            .and_then(|attempt| attempt.deadline);
         // A route may override the service's attempts, per-try timeout and method rule.
         let route = request
             .extensions()
@@ -162,9 +165,8 @@ impl Policy {
             Ok(body) => body,
             // Too large to send twice: one attempt, whatever happens.
             Err(body) => {
-                let attempt = attempt(deadline, per_try_timeout, Vec::new());
                 let mut request = Request::from_parts(parts, body);
-                request.extensions_mut().insert(attempt);
+                set_attempt(&mut request, attempt(deadline, per_try_timeout, Vec::new()));
                 return inner.call(request).await;
             }
         };
@@ -174,9 +176,10 @@ impl Policy {
         let mut attempts = 1;
         loop {
             let mut request = clone_request(&parts, Body::from(body.clone()));
-            request
-                .extensions_mut()
-                .insert(attempt(deadline, per_try_timeout, avoid.clone()));
+            set_attempt(
+                &mut request,
+                attempt(deadline, per_try_timeout, avoid.clone()),
+            );
             let result = inner.call(request).await;
 
             let (class, served_by) = match &result {
@@ -268,6 +271,17 @@ fn attempt(
             per_try: false,
             avoid,
         },
+    }
+}
+
+/// Gives the request its attempt, in place of the one the timeout layer gave it: an extension
+/// replaced is not allocated again.
+fn set_attempt(request: &mut Request<Body>, attempt: Attempt) {
+    match request.extensions_mut().get_mut::<Attempt>() {
+        Some(slot) => *slot = attempt,
+        None => {
+            request.extensions_mut().insert(attempt);
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! The deadline is the service's `timeout` from now, or the deadline of the request this task is
 //! serving if that is sooner (see [`crate::deadline`]). Inner layers read it from the request's
-//! extensions: the retry layer stops when it has passed, each attempt is cut off at it, and the
+//! [`Attempt`] extension: the retry layer stops when it has passed, each attempt is cut off at it, and the
 //! endpoint layer announces the time left to the next hop. A request whose deadline has passed
 //! before it starts fails at once, without reaching an endpoint.
 //!
@@ -23,7 +23,7 @@ use tokio::time::Sleep;
 
 use crate::Error;
 use crate::deadline::Deadline;
-use crate::http::{Body, MeshService};
+use crate::http::{Attempt, Body, MeshService};
 use crate::route::Routed;
 
 /// Adds [`Timeout`] to a stack.
@@ -102,7 +102,10 @@ where
             let error = Error::timeout(&self.service, allowed, None);
             return TimeoutFuture::Expired { error: Some(error) };
         }
-        request.extensions_mut().insert(deadline);
+        request.extensions_mut().insert(Attempt {
+            deadline: Some(deadline),
+            ..Attempt::default()
+        });
         TimeoutFuture::Running {
             response: self.inner.call(request),
             expiry: tokio::time::sleep_until(deadline.instant()),

@@ -28,7 +28,10 @@ use crate::deadline::Deadline;
 use crate::identity::Identity;
 use crate::route::Routed;
 
-/// What the retry layer tells the endpoint layer about one attempt, as a request extension.
+/// What the layers above tell the endpoint layer about one attempt, as a request extension: the
+/// timeout layer gives it the request's deadline, and the retry layer narrows that to the
+/// per-try timeout and names the endpoints to avoid. One extension rather than one per layer,
+/// because each attempt copies the request's extensions.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Attempt {
     /// When this attempt must be answered: the request's deadline or its per-try timeout.

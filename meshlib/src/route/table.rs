@@ -174,6 +174,11 @@ impl Route {
         }
     }
 
+    /// Whether the route changes a policy the layers below apply.
+    fn overrides(&self) -> bool {
+        self.timeout.is_some() || self.retry.is_some() || self.fault.is_some()
+    }
+
     fn pick_subset(&self) -> Option<SubsetId> {
         let (_, total) = *self.split.last()?;
         let ticket = fastrand::u64(..total);
@@ -458,12 +463,18 @@ where
         if let Some(mirror) = &route.mirror {
             mirror.send(&request);
         }
-        let routed = Routed {
-            subset: route.pick_subset(),
-            hash: route.hash_key(&request),
-            route: Arc::clone(&route),
-        };
-        request.extensions_mut().insert(routed);
+        let subset = route.pick_subset();
+        let hash = route.hash_key(&request);
+        // The layers below treat a request without a decision as sent to all endpoints under
+        // the service's own policies: a route that says no more than that is not written down,
+        // which spares every request of a service without routes an extension to copy.
+        if subset.is_some() || hash.is_some() || route.overrides() {
+            request.extensions_mut().insert(Routed {
+                subset,
+                hash,
+                route: Arc::clone(&route),
+            });
+        }
         let response = self.inner.call(request);
         RouterFuture::Routed {
             response,
