@@ -35,6 +35,7 @@ use super::request_id::{self, REQUEST_ID_HEADER};
 use super::{StatusClass, Telemetry, trace_id};
 use crate::Error;
 use crate::classify::Class;
+use crate::grpc::RpcMethod;
 use crate::http::{Body, MeshService, ResponseFuture, ServedBy};
 
 /// Adds [`ClientTelemetry`] to a stack.
@@ -209,7 +210,7 @@ fn request_context(
     let parent = Context::current();
     // Room for what is added later, so that the span's list never reallocates. The request id is
     // left to the server span, where it arrives as a request header.
-    let mut attributes = Vec::with_capacity(6);
+    let mut attributes = Vec::with_capacity(9);
     method_attributes(request.method(), &mut attributes);
     attributes.push(KeyValue::new("server.address", Arc::clone(service)));
     let mut span = tracer
@@ -220,6 +221,9 @@ fn request_context(
     // What the sampler does not need is built only for a span that records it.
     if span.is_recording() {
         span.set_attribute(KeyValue::new("url.path", request.uri().path().to_owned()));
+        if let Some(rpc) = rpc_attributes(request) {
+            span.set_attributes(rpc);
+        }
     }
     if span.span_context().is_sampled() {
         return parent.with_span(span);
@@ -234,6 +238,20 @@ fn request_context(
         .propagator()
         .inject_context(&cx, &mut HeaderInjector(request.headers_mut()));
     cx
+}
+
+/// OpenTelemetry's RPC attributes of a gRPC call (`rpc.system`, `rpc.service`, `rpc.method`),
+/// read from its path; `None` for a request that is not gRPC.
+fn rpc_attributes(request: &Request<Body>) -> Option<[KeyValue; 3]> {
+    if !crate::grpc::is_grpc(request.headers()) {
+        return None;
+    }
+    let method = RpcMethod::from_path(request.uri().path_and_query()?)?;
+    Some([
+        KeyValue::new("rpc.system", "grpc"),
+        KeyValue::new("rpc.service", method.service().to_owned()),
+        KeyValue::new("rpc.method", method.method().to_owned()),
+    ])
 }
 
 fn is_sampled(cx: &Context) -> bool {
@@ -466,7 +484,7 @@ where
         // already.
         let cx = match (&trace.cx, self.telemetry.tracer()) {
             (Some(parent), Some(tracer)) => {
-                let mut attributes = Vec::with_capacity(8);
+                let mut attributes = Vec::with_capacity(11);
                 method_attributes(request.method(), &mut attributes);
                 if resends > 0 {
                     attributes.push(KeyValue::new(
@@ -477,6 +495,7 @@ where
                 if hedge {
                     attributes.push(KeyValue::new("meshlib.hedge", true));
                 }
+                attributes.extend(rpc_attributes(&request).into_iter().flatten());
                 let span = tracer
                     .span_builder(span_name(request.method()))
                     .with_kind(SpanKind::Client)
