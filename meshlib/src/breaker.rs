@@ -4,7 +4,10 @@
 //! routes around it without any special case, as linkerd2-proxy's failure accrual does through
 //! its gate. Two triggers, either of which ejects: failures in a row (Envoy's `consecutive_5xx`)
 //! and a failure rate over a sliding window with a minimum request count (Hystrix), which catches
-//! an endpoint failing half its requests that a streak counter would never see.
+//! an endpoint failing half its requests that a streak counter would never see. A connection the
+//! endpoint refuses ejects it at once ([`BreakerConfig::eject_on_connect_failure`], applied by the
+//! balancer through [`Breaker::trip`]), as a gRPC subchannel leaves the pick set at its first
+//! failed connect.
 //!
 //! An ejection lasts a base time that doubles with every consecutive ejection up to a maximum,
 //! drawn with ±50% jitter so that endpoints ejected together are not probed together. When it runs

@@ -423,6 +423,11 @@ pub struct BreakerConfig {
     pub window: Duration,
     /// Requests the window must hold before the rate counts. Default 20, as Hystrix.
     pub min_requests: u32,
+    /// Whether a connection the endpoint refuses (or a TLS handshake it fails) ejects it at once,
+    /// as a gRPC subchannel leaves the pick set at its first failed connect rather than after a
+    /// count of failures. Default true: a closed port answers no request, and counting to
+    /// `consecutive_failures` only sends it more.
+    pub eject_on_connect_failure: bool,
     /// The first ejection's length. Default 1 s, as Linkerd's failure accrual backoff.
     #[serde(with = "humantime_serde")]
     pub base_ejection: Duration,
@@ -442,6 +447,7 @@ impl Default for BreakerConfig {
             failure_rate_percent: 50,
             window: Duration::from_secs(10),
             min_requests: 20,
+            eject_on_connect_failure: true,
             base_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(60),
             panic_threshold_percent: 50,

@@ -174,6 +174,7 @@ impl Policy {
         let mut backoff = self.backoff.build();
         let mut avoid = Vec::new();
         let mut attempts = 1;
+        let mut failed = None;
         loop {
             let mut request = clone_request(&parts, Body::from(body.clone()));
             set_attempt(
@@ -181,6 +182,13 @@ impl Policy {
                 attempt(deadline, per_try_timeout, avoid.clone()),
             );
             let result = inner.call(request).await;
+            // A retry that found every endpoint ejected (the failure it retries may be what
+            // ejected the last one) was never sent: the failure that caused it is the answer.
+            if let (Err(error), Some(previous)) = (&result, failed.take())
+                && error.is_circuit_open()
+            {
+                return Err(previous);
+            }
 
             let (class, served_by) = match &result {
                 Ok(response) => (
@@ -240,7 +248,9 @@ impl Policy {
             tracing::debug!(service = %self.service, attempts, endpoint = ?served_by, ?wait, "retrying");
             metrics::retried(&self.service);
             avoid.extend(served_by);
-            drop(result);
+            // An error is kept in case the retry cannot be sent; a response is let go, so that
+            // its connection is free for the retry.
+            failed = result.err();
             tokio::time::sleep(wait).await;
             attempts += 1;
         }

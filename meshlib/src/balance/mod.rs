@@ -260,22 +260,27 @@ impl BalancedEndpoint {
         self.status.changed.notify_waiters();
     }
 
-    fn record(
-        &self,
-        sent_at: Instant,
-        responded_at: Option<Instant>,
-        class: Option<Class>,
-        probe: bool,
-    ) {
+    fn record(&self, sent_at: Instant, responded_at: Option<Instant>, end: End, probe: bool) {
         let now = Instant::now();
-        let Some(class) = class else {
-            self.load.finish(now, sent_at, responded_at, None);
-            if probe {
-                self.breaker.probe_abandoned();
+        let class = match end {
+            End::Abandoned => {
+                self.load.finish(now, sent_at, responded_at, None);
+                if probe {
+                    self.breaker.probe_abandoned();
+                }
+                return;
             }
-            return;
+            End::Classified(class) => class,
+            End::Unreachable(class) => class,
         };
-        let transition = self.breaker.record(&self.status.breaker, class, probe, now);
+        let config = &self.status.breaker;
+        let mut transition = self.breaker.record(config, class, probe, now);
+        if matches!(end, End::Unreachable(_))
+            && config.eject_on_connect_failure
+            && transition == Transition::None
+        {
+            transition = self.breaker.trip(config, now, "connection failed");
+        }
         // Once the breaker has ejected the endpoint its verdict replaces the failure penalty in
         // the load: kept, the penalty would make P2C pass over the endpoint for seconds after
         // its ejection ran out (delaying the probe well past the configured time) and after a
@@ -346,9 +351,20 @@ impl InFlight {
     }
 
     /// Records the request's latency and class.
-    pub fn finish(mut self, class: Class) {
+    pub fn finish(self, class: Class) {
+        self.end(End::Classified(class));
+    }
+
+    /// Records that no connection could be made to the endpoint (refused, timed out, or its TLS
+    /// handshake failed), classified as `class`: with the breaker's `eject_on_connect_failure`,
+    /// the endpoint is ejected at once.
+    pub fn unreachable(self, class: Class) {
+        self.end(End::Unreachable(class));
+    }
+
+    fn end(mut self, end: End) {
         if let Some(endpoint) = self.endpoint.take() {
-            endpoint.record(self.sent_at, self.responded_at, Some(class), self.probe);
+            endpoint.record(self.sent_at, self.responded_at, end, self.probe);
         }
     }
 }
@@ -356,9 +372,19 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(endpoint) = self.endpoint.take() {
-            endpoint.record(self.sent_at, self.responded_at, None, self.probe);
+            endpoint.record(self.sent_at, self.responded_at, End::Abandoned, self.probe);
         }
     }
+}
+
+/// How a request to an endpoint ended, as the endpoint records it.
+#[derive(Clone, Copy)]
+enum End {
+    /// The caller gave up before an answer: only the latency counts.
+    Abandoned,
+    Classified(Class),
+    /// No connection could be made.
+    Unreachable(Class),
 }
 
 /// Why no endpoint could be picked.

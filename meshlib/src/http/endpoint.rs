@@ -200,7 +200,12 @@ impl Inner {
             }
             Err(error) => {
                 let error = Error::client(error, &self.service, addr);
-                in_flight.finish(self.classifier.error(&error));
+                let class = self.classifier.error(&error);
+                if error.is_connect() {
+                    in_flight.unreachable(class);
+                } else {
+                    in_flight.finish(class);
+                }
                 Err(error)
             }
         }
