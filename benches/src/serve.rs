@@ -4,7 +4,8 @@
 //! the client alone, and so that on a two-core machine the client and the server each have a
 //! core. The server is a plain hyper HTTP/1.1 server on a current-thread runtime answering every
 //! request with `200 ok`: the least work a server can do, so that what differs between variants
-//! is the client.
+//! is the client. With `--grpc` it is a plain tonic echo service over HTTP/2 instead, for
+//! `grpc-overhead`.
 
 use std::convert::Infallible;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -32,12 +33,21 @@ const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
 /// Runs the server: prints the port it listens on as one line on stdout, then serves until stdin
 /// closes (the parent exited or stopped it) or [`MAX_LIFETIME`] passes. `args` are what follows
-/// the subcommand: `--cpu N` confines the server to CPU `N`.
+/// the subcommand: `--cpu N` confines the server to CPU `N`; `--grpc` serves `grpc-overhead`'s
+/// tonic echo service over HTTP/2 instead.
 pub fn run(args: &[String]) -> Result<(), BoxError> {
+    let (grpc, args) = match args.split_first() {
+        Some((flag, rest)) if flag == "--grpc" => (true, rest),
+        _ => (false, args),
+    };
     match args {
         [] => {}
         [flag, cpu] if flag == "--cpu" => pin_current_thread(cpu.parse()?)?,
-        _ => return Err(format!("unexpected arguments {args:?}; expected [--cpu N]").into()),
+        _ => {
+            return Err(
+                format!("unexpected arguments {args:?}; expected [--grpc] [--cpu N]").into(),
+            );
+        }
     }
     // The parent holds our stdin open; when it goes, so do we, even if it could not kill us.
     std::thread::spawn(|| {
@@ -54,7 +64,12 @@ pub fn run(args: &[String]) -> Result<(), BoxError> {
         writeln!(stdout, "{port}")?;
         stdout.flush()?;
         drop(stdout);
-        let _ = tokio::time::timeout(MAX_LIFETIME, accept(listener)).await;
+        if grpc {
+            let serve = crate::scenarios::grpc_overhead::serve(listener);
+            let _ = tokio::time::timeout(MAX_LIFETIME, serve).await;
+        } else {
+            let _ = tokio::time::timeout(MAX_LIFETIME, accept(listener)).await;
+        }
         Ok(())
     })
 }
@@ -88,9 +103,18 @@ impl ServerProcess {
     /// Starts this same executable as a server, confined to CPU `cpu` if given, and waits for
     /// the port it listens on.
     pub fn start(cpu: Option<usize>) -> Result<Self, BoxError> {
+        Self::spawn(cpu, &[])
+    }
+
+    /// As [`ServerProcess::start`], serving `grpc-overhead`'s tonic echo service over HTTP/2.
+    pub fn start_grpc(cpu: Option<usize>) -> Result<Self, BoxError> {
+        Self::spawn(cpu, &["--grpc"])
+    }
+
+    fn spawn(cpu: Option<usize>, flags: &[&str]) -> Result<Self, BoxError> {
         let exe = std::env::current_exe()?;
         let mut command = Command::new(exe);
-        command.arg(SUBCOMMAND);
+        command.arg(SUBCOMMAND).args(flags);
         if let Some(cpu) = cpu {
             command.arg("--cpu").arg(cpu.to_string());
         }

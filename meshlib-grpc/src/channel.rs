@@ -3,9 +3,10 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use http_body::{Body as _, Frame};
 use meshlib::config::{ConfigError, Protocol};
 use meshlib::grpc::RpcMethod;
 use meshlib::{Body, HttpClient, Mesh};
@@ -72,24 +73,96 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> ResponseFuture {
-        if let Some(method) = request
-            .uri()
-            .path_and_query()
-            .and_then(RpcMethod::from_path)
+    fn call(&mut self, request: http::Request<B>) -> ResponseFuture {
+        // Recorded only if the current span declared the fields, and the path parsed only if
+        // there is such a span: free when nobody listens.
+        let span = tracing::Span::current();
+        if !span.is_disabled()
+            && let Some(method) = request
+                .uri()
+                .path_and_query()
+                .and_then(RpcMethod::from_path)
         {
-            // Recorded only if the span declared the fields: free when nobody listens.
-            let span = tracing::Span::current();
-            if !span.is_disabled() {
-                span.record("rpc.system", "grpc");
-                span.record("rpc.service", method.service());
-                span.record("rpc.method", method.method());
-            }
-            request.extensions_mut().insert(method);
+            span.record("rpc.system", "grpc");
+            span.record("rpc.service", method.service());
+            span.record("rpc.method", method.method());
         }
         ResponseFuture {
-            inner: tower_service::Service::call(&mut self.client, request),
+            inner: tower_service::Service::call(&mut self.client, request.map(body)),
         }
+    }
+}
+
+/// The request body as the mesh carries it.
+///
+/// tonic encodes a unary call's one message before it sends the call, so its body is ready as
+/// soon as the call is made. Taken now as one buffer, it reaches the core as in-memory data: no
+/// second box around tonic's, and a retry resends the same buffer rather than the core reading
+/// the body into a replay buffer of its own. A body that is not ready (a client stream whose next
+/// message is not written yet) goes on streaming, nothing of it lost.
+fn body<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut body = match try_downcast::<tonic::body::Body, B>(body) {
+        Ok(body) => body,
+        Err(other) => return Body::new(other),
+    };
+    let mut cx = Context::from_waker(Waker::noop());
+    let first = match Pin::new(&mut body).poll_frame(&mut cx) {
+        Poll::Ready(None) => return Body::empty(),
+        Poll::Pending => return Body::new(body),
+        Poll::Ready(Some(frame)) => frame,
+    };
+    let second = match &first {
+        Ok(frame) if frame.is_data() => match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(None) => {
+                let data = first.ok().and_then(|frame| frame.into_data().ok());
+                return Body::from(data.unwrap_or_default());
+            }
+            Poll::Ready(Some(frame)) => Some(frame),
+            Poll::Pending => None,
+        },
+        _ => None,
+    };
+    // More than one message, or not all there yet: what was read goes first, then the rest.
+    Body::new(Resumed {
+        read: [Some(first), second],
+        rest: body,
+    })
+}
+
+fn try_downcast<T: 'static, K: 'static>(k: K) -> Result<T, K> {
+    let mut k = Some(k);
+    match <dyn std::any::Any>::downcast_mut::<Option<T>>(&mut k) {
+        Some(t) => Ok(t.take().expect("just put there")),
+        None => Err(k.expect("just put there")),
+    }
+}
+
+/// A body whose first frame or two were read already.
+struct Resumed {
+    read: [Option<Result<Frame<Bytes>, Status>>; 2],
+    rest: tonic::body::Body,
+}
+
+impl http_body::Body for Resumed {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        match self.read.iter_mut().find_map(Option::take) {
+            Some(frame) => Poll::Ready(Some(frame)),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.iter().all(Option::is_none) && self.rest.is_end_stream()
     }
 }
 

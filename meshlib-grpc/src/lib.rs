@@ -34,11 +34,12 @@
 //!
 //! # Telemetry
 //!
-//! Each call's [`meshlib::grpc::RpcMethod`] is put in the request's extensions, and, if the
-//! current tracing span declares them, `rpc.system = "grpc"`, `rpc.service` and `rpc.method` are
-//! recorded on it; the core records `rpc.grpc.status_code` on the span current when the attempt
-//! was sent, once the status is known. These are OpenTelemetry's RPC conventions: a telemetry
-//! layer declares the fields and the values arrive.
+//! meshlib's own client spans of a gRPC call (the request span and each attempt's) carry
+//! OpenTelemetry's RPC attributes beside the HTTP ones: `rpc.system = "grpc"`, `rpc.service`
+//! and `rpc.method`. For an application's `tracing` spans, if the current span declares them,
+//! the channel records the same three fields on it (parsing the path only when there is such a
+//! span), and the core records `rpc.grpc.status_code` on the span current when the attempt was
+//! sent, once the status is known.
 #![forbid(unsafe_code)]
 
 mod channel;

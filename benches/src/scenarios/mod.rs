@@ -6,13 +6,14 @@
 //! data-structure benchmark). To add one, write its module and add an entry to [`ALL`].
 
 mod failover;
-mod grpc_overhead;
+pub(crate) mod grpc_overhead;
 mod lb_scale;
 mod mtls;
 mod overhead;
 mod retry_storm;
 mod routing;
 mod slow_endpoint;
+mod telemetry;
 
 use crate::{BoxError, Options};
 
@@ -48,6 +49,11 @@ pub const ALL: &[Scenario] = &[
         name: "grpc-overhead",
         about: "plain tonic Channel vs the meshlib gRPC channel against one tonic server: rps, latency",
         run: grpc_overhead::run,
+    },
+    Scenario {
+        name: "telemetry",
+        about: "traces (OTLP, 10% sampled), metrics and request ids on vs off in one mesh client",
+        run: telemetry::run,
     },
     Scenario {
         name: "routing",

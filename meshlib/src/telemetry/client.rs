@@ -5,8 +5,13 @@
 //! The two layers share one small record per request, a request extension that retries and
 //! hedges copy along with the request: the request span's context, the attempts started and the
 //! attempts in flight (an attempt that starts while another is in flight is a hedge). It exists
-//! only when tracing or the access log is on; with metrics alone, the attempt layer finds nothing
-//! and passes the request through.
+//! only for a sampled request or with the access log on; otherwise the attempt layer finds
+//! nothing and passes the request through.
+//!
+//! A request the sampler does not sample (most of them, at a production sampling ratio) costs
+//! no span data and no attempt spans: its trace context, which carries the decision not to
+//! sample so that the next hops agree, is injected into its headers once by the request layer,
+//! and every attempt (retries and hedges copy the headers) sends it as it is.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -30,6 +35,7 @@ use super::request_id::{self, REQUEST_ID_HEADER};
 use super::{StatusClass, Telemetry, trace_id};
 use crate::Error;
 use crate::classify::Class;
+use crate::grpc::RpcMethod;
 use crate::http::{Body, MeshService, ResponseFuture, ServedBy};
 
 /// Adds [`ClientTelemetry`] to a stack.
@@ -89,7 +95,8 @@ impl<S> tower::Layer<S> for ClientTelemetryLayer {
 
 /// What the request layer and the attempt layer share about one request.
 struct RequestTrace {
-    /// The request span's context; `None` when only the access log needs this record.
+    /// The sampled request span's context, the parent of the attempts' spans; `None` when only
+    /// the access log needs this record.
     cx: Option<Context>,
     /// Attempts started.
     attempts: AtomicU32,
@@ -129,27 +136,13 @@ where
             .access_log
             .then(|| request.headers().get(REQUEST_ID_HEADER).cloned())
             .flatten();
-        let trace = (telemetry.tracing() || telemetry.access_log).then(|| {
-            let cx = telemetry.tracer().map(|tracer| {
-                let parent = Context::current();
-                // Room for what is added later, so that the span's list never reallocates. The
-                // request id is left to the server span, where it arrives as a request header.
-                let mut attributes = Vec::with_capacity(6);
-                method_attributes(request.method(), &mut attributes);
-                attributes.push(KeyValue::new("server.address", Arc::clone(&shared.service)));
-                let mut span = tracer
-                    .span_builder(span_name(request.method()))
-                    .with_kind(SpanKind::Client)
-                    .with_attributes(attributes)
-                    .start_with_context(tracer, &parent);
-                // What the sampler does not need is built only for a span that records it.
-                if span.is_recording() {
-                    span.set_attribute(KeyValue::new("url.path", request.uri().path().to_owned()));
-                }
-                parent.with_span(span)
-            });
+        let cx = telemetry
+            .tracer()
+            .map(|tracer| request_context(tracer, telemetry, &shared.service, &mut request));
+        let sampled = cx.as_ref().is_some_and(is_sampled);
+        let trace = (sampled || telemetry.access_log).then(|| {
             Arc::new(RequestTrace {
-                cx,
+                cx: cx.clone().filter(|_| sampled),
                 attempts: AtomicU32::new(0),
                 in_flight: AtomicU32::new(0),
             })
@@ -166,6 +159,7 @@ where
             shared: Arc::clone(shared),
             started,
             request_id,
+            cx,
             trace,
             logged,
             finished: false,
@@ -201,6 +195,67 @@ where
         }
         Poll::Ready(result)
     }
+}
+
+/// The request span, under the current context, as the context that ends it. A sampled span's
+/// context goes to the attempts, which send their own; an unsampled request's is injected into its
+/// headers here, once for all its attempts, and only a span that records anyway (a sampler's
+/// `RecordOnly`) is kept to be ended.
+fn request_context(
+    tracer: &opentelemetry_sdk::trace::SdkTracer,
+    telemetry: &Telemetry,
+    service: &Arc<str>,
+    request: &mut Request<Body>,
+) -> Context {
+    let parent = Context::current();
+    // Room for what is added later, so that the span's list never reallocates. The request id is
+    // left to the server span, where it arrives as a request header.
+    let mut attributes = Vec::with_capacity(9);
+    method_attributes(request.method(), &mut attributes);
+    attributes.push(KeyValue::new("server.address", Arc::clone(service)));
+    let mut span = tracer
+        .span_builder(span_name(request.method()))
+        .with_kind(SpanKind::Client)
+        .with_attributes(attributes)
+        .start_with_context(tracer, &parent);
+    // What the sampler does not need is built only for a span that records it.
+    if span.is_recording() {
+        span.set_attribute(KeyValue::new("url.path", request.uri().path().to_owned()));
+        if let Some(rpc) = rpc_attributes(request) {
+            span.set_attributes(rpc);
+        }
+    }
+    if span.span_context().is_sampled() {
+        return parent.with_span(span);
+    }
+    let cx = if span.is_recording() {
+        parent.with_span(span)
+    } else {
+        // Nothing to record or end: the span's identity is all that is left to carry.
+        parent.with_remote_span_context(span.span_context().clone())
+    };
+    telemetry
+        .propagator()
+        .inject_context(&cx, &mut HeaderInjector(request.headers_mut()));
+    cx
+}
+
+/// OpenTelemetry's RPC attributes of a gRPC call (`rpc.system`, `rpc.service`, `rpc.method`),
+/// read from its path; `None` for a request that is not gRPC.
+fn rpc_attributes(request: &Request<Body>) -> Option<[KeyValue; 3]> {
+    if !crate::grpc::is_grpc(request.headers()) {
+        return None;
+    }
+    let method = RpcMethod::from_path(request.uri().path_and_query()?)?;
+    Some([
+        KeyValue::new("rpc.system", "grpc"),
+        KeyValue::new("rpc.service", method.service().to_owned()),
+        KeyValue::new("rpc.method", method.method().to_owned()),
+    ])
+}
+
+fn is_sampled(cx: &Context) -> bool {
+    cx.span().span_context().is_sampled()
 }
 
 /// Gives the request an id unless it has one: the id of the request being served, else a new
@@ -312,6 +367,8 @@ struct Outbound {
     shared: Arc<ClientShared>,
     started: Instant,
     request_id: Option<HeaderValue>,
+    /// The request span's context, sampled or not, when tracing.
+    cx: Option<Context>,
     trace: Option<Arc<RequestTrace>>,
     logged: Option<(Method, Uri)>,
     finished: bool,
@@ -326,7 +383,7 @@ impl Outbound {
             metrics.record(outcome.status_class(), elapsed, outcome.failed());
         }
         let endpoint = outcome.endpoint();
-        let cx = self.trace.as_ref().and_then(|trace| trace.cx.as_ref());
+        let cx = self.cx.as_ref();
         if let Some(cx) = cx {
             // The request span names no endpoint: its attempts do.
             outcome.end_span(cx, None);
@@ -423,18 +480,11 @@ where
         };
         let resends = trace.attempts.fetch_add(1, Ordering::Relaxed);
         let hedge = trace.in_flight.fetch_add(1, Ordering::AcqRel) > 0;
+        // Only a sampled request has a context here; an unsampled one's is in the headers
+        // already.
         let cx = match (&trace.cx, self.telemetry.tracer()) {
-            // An unsampled request's attempts would make spans that record nothing: the
-            // request's own context goes downstream instead, carrying the decision not to
-            // sample, and this attempt costs no span at all.
-            (Some(parent), Some(_)) if !parent.span().span_context().is_sampled() => {
-                self.telemetry
-                    .propagator()
-                    .inject_context(parent, &mut HeaderInjector(request.headers_mut()));
-                None
-            }
             (Some(parent), Some(tracer)) => {
-                let mut attributes = Vec::with_capacity(8);
+                let mut attributes = Vec::with_capacity(11);
                 method_attributes(request.method(), &mut attributes);
                 if resends > 0 {
                     attributes.push(KeyValue::new(
@@ -445,6 +495,7 @@ where
                 if hedge {
                     attributes.push(KeyValue::new("meshlib.hedge", true));
                 }
+                attributes.extend(rpc_attributes(&request).into_iter().flatten());
                 let span = tracer
                     .span_builder(span_name(request.method()))
                     .with_kind(SpanKind::Client)

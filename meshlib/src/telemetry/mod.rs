@@ -162,11 +162,6 @@ impl Telemetry {
         Ok(Some(builder.build()))
     }
 
-    /// Whether spans are made.
-    pub(crate) fn tracing(&self) -> bool {
-        self.tracer.is_some()
-    }
-
     /// Whether any per-request work is done at all.
     pub(crate) fn active(&self) -> bool {
         self.tracer.is_some() || self.access_log || self.request_id || self.metrics
