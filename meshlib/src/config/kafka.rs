@@ -191,6 +191,13 @@ pub struct KafkaConsumerConfig {
     /// `"0s"` turns lag metrics off.
     #[serde(with = "humantime_serde")]
     pub lag_interval: Duration,
+    /// How long the group waits for a member that stopped heartbeating before giving its
+    /// partitions to others (`session.timeout.ms`); heartbeats go every third of it, at most every
+    /// 3 s. Default 45 s, as librdkafka and Kafka since 3.0. A member that leaves cleanly (the
+    /// consumer stopped or dropped) is gone at once; this bounds how long a crashed one holds its
+    /// partitions.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
 }
 
 impl Default for KafkaConsumerConfig {
@@ -204,6 +211,7 @@ impl Default for KafkaConsumerConfig {
             pause_max: Duration::from_secs(30),
             commit_interval: Duration::from_secs(5),
             lag_interval: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(45),
         }
     }
 }
@@ -319,6 +327,14 @@ impl KafkaConfig {
             if value.is_zero() {
                 return Err(ConfigError::new(at(key), "must be greater than zero"));
             }
+        }
+        // librdkafka's range for session.timeout.ms, at millisecond resolution.
+        let session = self.consumer.session_timeout;
+        if session < Duration::from_millis(1) || session > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                at("consumer.session_timeout"),
+                format_args!("{session:?} is outside 1ms to 1h"),
+            ));
         }
         if producer.max_in_flight_bytes == 0 || producer.max_in_flight_records == 0 {
             let key = if producer.max_in_flight_bytes == 0 {
