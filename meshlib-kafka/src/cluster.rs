@@ -279,6 +279,9 @@ pub(crate) struct ClusterBreaker {
     pub(crate) cluster: Arc<str>,
     breaker: Breaker,
     config: BreakerConfig,
+    /// The state the gauge last showed: every record reports its outcome, and the gauge is
+    /// looked up (a label string and a registry lookup) only when the state changed.
+    reported: std::sync::atomic::AtomicU8,
 }
 
 impl ClusterBreaker {
@@ -288,6 +291,7 @@ impl ClusterBreaker {
             cluster: cluster.into(),
             breaker: Breaker::new(),
             config,
+            reported: std::sync::atomic::AtomicU8::new(BreakerState::Closed as u8),
         }
     }
 
@@ -329,7 +333,13 @@ impl ClusterBreaker {
     }
 
     fn report(&self, transition: Transition) {
-        crate::telemetry::breaker_state(&self.cluster, self.breaker.state());
+        let state = self.breaker.state();
+        let was = self
+            .reported
+            .swap(state as u8, std::sync::atomic::Ordering::AcqRel);
+        if was != state as u8 {
+            crate::telemetry::breaker_state(&self.cluster, state);
+        }
         match transition {
             Transition::Ejected(ejection, reason) => {
                 tracing::warn!(cluster = %self.cluster, ?ejection, reason, "kafka cluster circuit opened");

@@ -211,14 +211,9 @@ mod tests {
     #[test]
     fn an_empty_tls_table_is_the_mesh_identity() {
         let files = Files::new("identity");
-        let got =
-            as_map(settings("events", &tls(None, None), Some(&files.identity())).unwrap());
+        let got = as_map(settings("events", &tls(None, None), Some(&files.identity())).unwrap());
         let expect = |key: &str, file: &str| {
-            assert_eq!(
-                got[key],
-                files.path(file).display().to_string(),
-                "{key}"
-            );
+            assert_eq!(got[key], files.path(file).display().to_string(), "{key}");
         };
         assert_eq!(got["security.protocol"], "ssl");
         assert_eq!(got["ssl.endpoint.identification.algorithm"], "https");
