@@ -26,6 +26,30 @@ use tokio::time::Instant;
 /// The header that carries a request's remaining time, in whole milliseconds.
 pub const TIMEOUT_HEADER: &str = "x-mesh-timeout-ms";
 
+/// [`TIMEOUT_HEADER`] as a header name, made once: a name given as a string is parsed, and a
+/// non-standard one copied, on every insert.
+const TIMEOUT_HEADER_NAME: http::HeaderName = http::HeaderName::from_static(TIMEOUT_HEADER);
+
+/// `number` in decimal followed by `unit`, as a header value, written without the intermediate
+/// string (and its allocation) that formatting would make: announcing the time left is on every
+/// request's path.
+pub(crate) fn number_value(mut number: u64, unit: &str) -> HeaderValue {
+    // u64::MAX has 20 digits; units are one or two letters.
+    let mut text = [0u8; 24];
+    let mut start = 20;
+    loop {
+        start -= 1;
+        text[start] = b'0' + (number % 10) as u8;
+        number /= 10;
+        if number == 0 {
+            break;
+        }
+    }
+    let end = 20 + unit.len().min(4);
+    text[20..end].copy_from_slice(&unit.as_bytes()[..end - 20]);
+    HeaderValue::from_bytes(&text[start..end]).expect("digits and a unit are a valid value")
+}
+
 /// The instant by which a request must be answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Deadline(Instant);
@@ -79,15 +103,15 @@ impl Deadline {
 
     /// Announces the remaining time in `headers`, replacing any earlier value.
     pub(crate) fn announce(self, headers: &mut http::HeaderMap) {
-        let millis = self.remaining().as_millis() as u64;
-        headers.insert(TIMEOUT_HEADER, HeaderValue::from(millis));
+        let millis = u64::try_from(self.remaining().as_millis()).unwrap_or(u64::MAX);
+        headers.insert(TIMEOUT_HEADER_NAME, number_value(millis, ""));
     }
 
     /// Announces the remaining time to a gRPC server, in `grpc-timeout`, replacing any earlier
     /// value.
     pub(crate) fn announce_grpc(self, headers: &mut http::HeaderMap) {
         headers.insert(
-            crate::grpc::TIMEOUT_HEADER,
+            crate::grpc::TIMEOUT_HEADER_NAME,
             crate::grpc::format_timeout(self.remaining()),
         );
     }
@@ -140,6 +164,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_written_in_decimal_with_their_unit() {
+        assert_eq!(number_value(0, ""), "0");
+        assert_eq!(number_value(1500, ""), "1500");
+        assert_eq!(number_value(99_999_999, "u"), "99999999u");
+        assert_eq!(number_value(u64::MAX, "ms"), "18446744073709551615ms");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_header_round_trips_as_remaining_time() {

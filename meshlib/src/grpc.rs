@@ -25,6 +25,10 @@ use serde::{Deserialize, Serialize, Serializer};
 /// The header that carries a gRPC call's remaining time.
 pub const TIMEOUT_HEADER: &str = "grpc-timeout";
 
+/// [`TIMEOUT_HEADER`] as a header name, made once rather than parsed per call.
+pub(crate) const TIMEOUT_HEADER_NAME: http::HeaderName =
+    http::HeaderName::from_static(TIMEOUT_HEADER);
+
 /// The header (or trailer) that carries a gRPC call's status code.
 pub const STATUS_HEADER: &str = "grpc-status";
 
@@ -225,15 +229,30 @@ pub fn format_timeout(timeout: Duration) -> HeaderValue {
     const MAX: u128 = 99_999_999;
     let micros = timeout.as_micros();
     let (amount, unit) = if micros <= MAX {
-        (micros, 'u')
+        (micros, "u")
     } else if timeout.as_millis() <= MAX {
-        (timeout.as_millis(), 'm')
+        (timeout.as_millis(), "m")
     } else if u128::from(timeout.as_secs()) <= MAX {
-        (u128::from(timeout.as_secs()), 'S')
+        (u128::from(timeout.as_secs()), "S")
     } else {
-        (u128::from(timeout.as_secs() / 3600).min(MAX), 'H')
+        (u128::from(timeout.as_secs() / 3600).min(MAX), "H")
     };
-    HeaderValue::try_from(format!("{amount}{unit}")).expect("digits and a letter are a valid value")
+    let amount = u64::try_from(amount).expect("at most eight digits");
+    crate::deadline::number_value(amount, unit)
+}
+
+/// Writes `message` as a `grpc-message` value: percent-encoded as the gRPC HTTP/2 protocol asks,
+/// every byte outside printable ASCII, and `%` itself, as `%XX` of its UTF-8.
+pub(crate) fn encode_message(message: &str) -> HeaderValue {
+    let mut encoded = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    HeaderValue::try_from(encoded).expect("printable ASCII is a valid header value")
 }
 
 /// The gRPC method a request calls, read from its path `/package.Service/Method`: what
@@ -308,6 +327,15 @@ pub(crate) fn unframe(body: &[u8]) -> Result<&[u8], &'static str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn messages_are_percent_encoded_beyond_printable_ascii() {
+        assert_eq!(
+            encode_message("denied by rule \"a b\""),
+            "denied by rule \"a b\""
+        );
+        assert_eq!(encode_message("100% ü\n"), "100%25 %C3%BC%0A");
+    }
+
     use super::*;
 
     #[test]

@@ -2,7 +2,8 @@
 //! rotation before user traffic finds out, and a new one enters only once it answers.
 //!
 //! Each endpoint of a service whose configuration has a `health` section is sent `GET path` on
-//! its own connection every `interval`; a 2xx within `timeout` passes. An endpoint starts
+//! its own connection (over mTLS, as the service's traffic, where the service expects an
+//! identity) every `interval`; a 2xx within `timeout` passes. An endpoint starts
 //! *unchecked* and takes no traffic until its first probe passes (as Envoy treats hosts pending
 //! their first active check), leaves rotation after `unhealthy_threshold` failures in a row and
 //! returns after `healthy_threshold` passes. New endpoints are probed as soon as discovery adds
@@ -22,12 +23,13 @@ use futures_util::future::join_all;
 use http::{Request, Uri};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::{BalancedEndpoint, Balancer};
-use crate::config::{HealthCheckConfig, HealthCheckKind};
+use crate::config::{HealthCheckConfig, HealthCheckKind, ServiceConfig};
 use crate::grpc::{self, Code};
+use crate::http::Connector;
+use crate::identity::Identity;
 
 /// An endpoint's health as active checks see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,19 +123,29 @@ impl Health {
     }
 }
 
-/// Probes the endpoints of `balancer` until the returned task is aborted.
-pub(crate) fn spawn(balancer: &Balancer, config: HealthCheckConfig) -> tokio::task::JoinHandle<()> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.timeout));
-    connector.set_nodelay(true);
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+/// Probes the endpoints of `balancer`, a balancer of `service` configured by `service_config`,
+/// until the returned task is aborted.
+///
+/// Probes connect as the service's traffic does, with the same connector: over mTLS, verifying
+/// the SPIFFE ID the endpoint must present, where the configuration expects one. A probe in
+/// plaintext would fail against a server that requires mTLS, and would check a server nobody
+/// verified.
+pub(crate) fn spawn(
+    service: &Arc<str>,
+    service_config: &ServiceConfig,
+    identity: Option<&Identity>,
+    balancer: &Balancer,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let config = service_config.health.clone()?;
+    let connector = Connector::new(service, service_config, identity, balancer.clone());
+    let client: Client<Connector, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .http2_only(config.kind == HealthCheckKind::Grpc)
         .build(connector);
     let balancer = balancer.clone();
-    let service: Arc<str> = balancer.service().into();
-    tokio::spawn(async move {
+    let service = Arc::clone(service);
+    Some(tokio::spawn(async move {
         let mut next_round = tokio::time::Instant::now();
         loop {
             let changed = balancer.changed();
@@ -161,11 +173,11 @@ pub(crate) fn spawn(balancer: &Balancer, config: HealthCheckConfig) -> tokio::ta
                 () = &mut changed => {}
             }
         }
-    })
+    }))
 }
 
 async fn probe(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &Client<Connector, Full<Bytes>>,
     config: &HealthCheckConfig,
     service: &str,
     endpoint: &BalancedEndpoint,
@@ -187,7 +199,7 @@ async fn probe(
 
 /// One probe of `endpoint`; the error says why it failed.
 async fn check(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &Client<Connector, Full<Bytes>>,
     config: &HealthCheckConfig,
     endpoint: &BalancedEndpoint,
 ) -> Result<(), String> {

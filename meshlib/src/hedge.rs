@@ -134,7 +134,7 @@ impl Latencies {
 
 impl<S> tower_service::Service<Request<Body>> for Hedge<S>
 where
-    S: MeshService + Clone + Send + 'static,
+    S: MeshService<Future = ResponseFuture> + Clone + Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Error;

@@ -6,17 +6,20 @@
 //! limit counts requests from the moment they enter the stack until their response (or error)
 //! comes back, retries included, as Envoy's `max_requests`.
 
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::{Request, Response};
+use pin_project_lite::pin_project;
 
 use crate::Error;
 use crate::config::{LimitsConfig, RateLimitConfig};
-use crate::http::{Body, MeshService, ResponseFuture};
+use crate::http::{Body, MeshService};
 use crate::telemetry::metrics;
 
 /// A token-bucket rate limiter, shareable between the client and server sides.
@@ -140,31 +143,55 @@ where
 {
     type Response = Response<Body>;
     type Error = Error;
-    type Future = ResponseFuture;
+    type Future = LimitFuture<S::Future>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Body>) -> ResponseFuture {
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
         let state = &self.state;
         if let Some(rate) = &state.rate
             && !rate.try_acquire()
         {
             let error = Error::rate_limited(&state.service, rate.per_second());
             metrics::client_rate_limited(&state.service);
-            return Box::pin(std::future::ready(Err(error)));
+            return LimitFuture::Refused { error: Some(error) };
         }
         let Some(slot) = state.concurrency.try_acquire() else {
             let error = Error::overloaded(&state.service, "max_requests are already in flight");
             metrics::client_overloaded(&state.service);
-            return Box::pin(std::future::ready(Err(error)));
+            return LimitFuture::Refused { error: Some(error) };
         };
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let result = response.await;
-            drop(slot);
-            result
-        })
+        LimitFuture::Admitted {
+            response: self.inner.call(request),
+            _slot: slot,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a [`Limit`]ed call: the call, holding its place among those in flight until
+    /// it is answered or dropped; or the refusal.
+    #[project = LimitFutureProj]
+    pub(crate) enum LimitFuture<F> {
+        Admitted { #[pin] response: F, _slot: Slot },
+        Refused { error: Option<Error> },
+    }
+}
+
+impl<F> Future for LimitFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Error>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            LimitFutureProj::Admitted { response, .. } => response.poll(cx),
+            LimitFutureProj::Refused { error } => {
+                Poll::Ready(Err(error.take().expect("polled after it was ready")))
+            }
+        }
     }
 }

@@ -130,8 +130,8 @@ impl ServiceEndpoints {
         );
         let balancer = Balancer::from_config(service, config, zone);
         let mut tasks = vec![AbortOnDrop(balancer.discover(changes))];
-        if let Some(health) = &config.health {
-            tasks.push(AbortOnDrop(health::spawn(&balancer, health.clone())));
+        if let Some(health) = health::spawn(service, config, identity, &balancer) {
+            tasks.push(AbortOnDrop(health));
         }
         let endpoints = Endpoints::new(
             service,

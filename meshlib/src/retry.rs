@@ -112,7 +112,7 @@ impl<S> tower::Layer<S> for RetryLayer {
 
 impl<S> tower_service::Service<Request<Body>> for Retry<S>
 where
-    S: MeshService + Clone + Send + 'static,
+    S: MeshService<Future = ResponseFuture> + Clone + Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Error;
@@ -141,7 +141,10 @@ impl Policy {
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
-        let deadline = request.extensions().get::<Deadline>().copied();
+        let deadline = request
+            .extensions()
+            .get::<Attempt>()
+            .and_then(|attempt| attempt.deadline);
         // A route may override the service's attempts, per-try timeout and method rule.
         let route = request
             .extensions()
@@ -162,9 +165,8 @@ impl Policy {
             Ok(body) => body,
             // Too large to send twice: one attempt, whatever happens.
             Err(body) => {
-                let attempt = attempt(deadline, per_try_timeout, Vec::new());
                 let mut request = Request::from_parts(parts, body);
-                request.extensions_mut().insert(attempt);
+                set_attempt(&mut request, attempt(deadline, per_try_timeout, Vec::new()));
                 return inner.call(request).await;
             }
         };
@@ -174,9 +176,10 @@ impl Policy {
         let mut attempts = 1;
         loop {
             let mut request = clone_request(&parts, Body::from(body.clone()));
-            request
-                .extensions_mut()
-                .insert(attempt(deadline, per_try_timeout, avoid.clone()));
+            set_attempt(
+                &mut request,
+                attempt(deadline, per_try_timeout, avoid.clone()),
+            );
             let result = inner.call(request).await;
 
             let (class, served_by) = match &result {
@@ -271,6 +274,17 @@ fn attempt(
     }
 }
 
+/// Gives the request its attempt, in place of the one the timeout layer gave it: an extension
+/// replaced is not allocated again.
+fn set_attempt(request: &mut Request<Body>, attempt: Attempt) {
+    match request.extensions_mut().get_mut::<Attempt>() {
+        Some(slot) => *slot = attempt,
+        None => {
+            request.extensions_mut().insert(attempt);
+        }
+    }
+}
+
 fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -283,7 +297,13 @@ pub(crate) fn clone_request(parts: &http::request::Parts, body: Body) -> Request
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
     *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
+    // With room for the two headers the endpoint layer adds to each attempt (`Host` and the
+    // time left), which a plain clone, sized to what it copies, would grow for.
+    let headers = request.headers_mut();
+    headers.reserve(parts.headers.len() + 2);
+    for (name, value) in &parts.headers {
+        headers.append(name, value.clone());
+    }
     *request.extensions_mut() = parts.extensions.clone();
     request
 }

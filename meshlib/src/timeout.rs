@@ -2,7 +2,7 @@
 //!
 //! The deadline is the service's `timeout` from now, or the deadline of the request this task is
 //! serving if that is sooner (see [`crate::deadline`]). Inner layers read it from the request's
-//! extensions: the retry layer stops when it has passed, each attempt is cut off at it, and the
+//! [`Attempt`] extension: the retry layer stops when it has passed, each attempt is cut off at it, and the
 //! endpoint layer announces the time left to the next hop. A request whose deadline has passed
 //! before it starts fails at once, without reaching an endpoint.
 //!
@@ -11,15 +11,19 @@
 //! messages of a streaming answer arrive after it, bounded by the server, which was told the
 //! time left.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 
 use crate::Error;
 use crate::deadline::Deadline;
-use crate::http::{Body, MeshService, ResponseFuture};
+use crate::http::{Attempt, Body, MeshService};
 use crate::route::Routed;
 
 /// Adds [`Timeout`] to a stack.
@@ -64,41 +68,95 @@ where
 {
     type Response = Response<Body>;
     type Error = Error;
-    type Future = ResponseFuture;
+    type Future = TimeoutFuture<S::Future>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<Body>) -> ResponseFuture {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let timeout = request
             .extensions()
             .get::<Routed>()
             .and_then(|routed| routed.route.timeout)
             .unwrap_or(self.timeout);
         let mut own = Deadline::after(timeout);
+        let mut allowed = timeout;
         if crate::grpc::is_grpc(request.headers())
             && let Some(asked) = Deadline::from_headers(request.headers())
         {
             own = own.min(asked);
+            allowed = own.remaining();
         }
-        let deadline = Deadline::current().map_or(own, |inherited| inherited.min(own));
-        let allowed = deadline.remaining();
+        let deadline = match Deadline::current() {
+            Some(inherited) if inherited < own => {
+                allowed = inherited.remaining();
+                inherited
+            }
+            _ => own,
+        };
         if allowed.is_zero() {
             // The request being served is already out of time (it came with little left and
             // the handler used it up). Sending would be work nobody waits for, and the
             // attempt's timeout would count against an endpoint that did nothing wrong.
             let error = Error::timeout(&self.service, allowed, None);
-            return Box::pin(std::future::ready(Err(error)));
+            return TimeoutFuture::Expired { error: Some(error) };
         }
-        request.extensions_mut().insert(deadline);
-        let response = self.inner.call(request);
-        let service = Arc::clone(&self.service);
-        Box::pin(async move {
-            match tokio::time::timeout_at(deadline.instant(), response).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::timeout(&service, allowed, None)),
+        request.extensions_mut().insert(Attempt {
+            deadline: Some(deadline),
+            ..Attempt::default()
+        });
+        TimeoutFuture::Running {
+            response: self.inner.call(request),
+            expiry: tokio::time::sleep_until(deadline.instant()),
+            service: Arc::clone(&self.service),
+            allowed,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a call under a [`Timeout`]: the call racing its deadline, or the failure of
+    /// a call whose deadline had passed before it started.
+    #[project = TimeoutFutureProj]
+    pub(crate) enum TimeoutFuture<F> {
+        Running {
+            #[pin]
+            response: F,
+            #[pin]
+            expiry: Sleep,
+            service: Arc<str>,
+            allowed: Duration,
+        },
+        Expired { error: Option<Error> },
+    }
+}
+
+impl<F> Future for TimeoutFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Error>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            TimeoutFutureProj::Running {
+                response,
+                expiry,
+                service,
+                allowed,
+            } => {
+                // The answer first: one that arrives with the deadline still counts.
+                if let Poll::Ready(result) = response.poll(cx) {
+                    return Poll::Ready(result);
+                }
+                expiry
+                    .poll(cx)
+                    .map(|()| Err(Error::timeout(service, *allowed, None)))
             }
-        })
+            TimeoutFutureProj::Expired { error } => {
+                Poll::Ready(Err(error.take().expect("polled after it was ready")))
+            }
+        }
     }
 }

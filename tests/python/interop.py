@@ -1,11 +1,21 @@
-"""The Python side of meshlib's gRPC interop tests: grpcio, an independent gRPC implementation.
+"""The Python side of meshlib's gRPC interop tests: grpcio, an independent gRPC implementation,
+over mTLS with certificates from meshlib's development CA.
 
-    interop.py server        a grpcio server for meshtest.Echo and grpc.health.v1.Health on
-                             127.0.0.1; prints "PORT <n>" and serves until stdin closes
-    interop.py client PORT   calls the meshtest.Echo server on 127.0.0.1:PORT with grpcio and
-                             reads its health with grpcio-health-checking's client, printing one
-                             line per result; between two health checks it waits for a line on
-                             stdin, so that the test can change the server's readiness
+    interop.py server CERT KEY CA
+        a grpcio server for meshtest.Echo and grpc.health.v1.Health on 127.0.0.1, presenting
+        CERT/KEY and requiring a client certificate signed by CA; prints "PORT <n>" and serves
+        until stdin closes. Each reply carries the caller's SPIFFE ID, as grpcio verified it, in
+        the initial metadata "x-peer-identity".
+
+    interop.py client PORT CERT KEY CA
+        calls the meshtest.Echo server on 127.0.0.1:PORT over TLS, presenting CERT/KEY and
+        verifying the server against CA and the address dialled (the server's certificate needs
+        an IP SAN of 127.0.0.1), and reads its health with grpcio-health-checking's client,
+        printing one line per result; between two health checks it waits for a line on stdin,
+        so that the test can change the server's readiness.
+
+    interop.py plaintext PORT
+        one call to 127.0.0.1:PORT without TLS; prints "ERROR <code>" or "OK".
 
 Stubs are generated from tests/proto/echo.proto with grpcio-tools at start, into a temporary
 directory, so nothing generated is kept in the repository.
@@ -37,15 +47,32 @@ def stubs():
     return echo_pb2, echo_pb2_grpc
 
 
+def read(path):
+    with open(path, "rb") as file:
+        return file.read()
+
+
 def say(line):
     print(line, flush=True)
 
 
-def serve():
+def peer_spiffe_id(context):
+    """The caller's SPIFFE ID as grpcio's TLS stack verified it: the URI SAN of its certificate."""
+    auth = context.auth_context()
+    for key in ("peer_spiffe_id", "x509_uri"):
+        for value in auth.get(key, []):
+            value = value.decode()
+            if value.startswith("spiffe://"):
+                return value
+    return "none"
+
+
+def serve(cert, key, ca):
     echo_pb2, echo_pb2_grpc = stubs()
 
     class Echo(echo_pb2_grpc.EchoServicer):
         def Unary(self, request, context):
+            context.send_initial_metadata((("x-peer-identity", peer_spiffe_id(context)),))
             if request.message == "unavailable":
                 context.abort(grpc.StatusCode.UNAVAILABLE, "grpcio says unavailable")
             if request.message == "invalid":
@@ -64,7 +91,10 @@ def serve():
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", "meshtest.Echo"):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    port = server.add_insecure_port("127.0.0.1:0")
+    credentials = grpc.ssl_server_credentials(
+        [(read(key), read(cert))], root_certificates=read(ca), require_client_auth=True
+    )
+    port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
     say(f"PORT {port}")
     # Serve until the test closes stdin (or dies).
@@ -72,12 +102,20 @@ def serve():
     server.stop(grace=None)
 
 
-def client(port):
+def client(port, cert, key, ca):
     echo_pb2, echo_pb2_grpc = stubs()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert)
+    )
+    with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
         echo = echo_pb2_grpc.EchoStub(channel)
-        reply = echo.Unary(echo_pb2.EchoRequest(message="from grpcio"), timeout=3)
-        say(f"UNARY {reply.server} {reply.message} {reply.grpc_timeout}")
+        try:
+            reply = echo.Unary(echo_pb2.EchoRequest(message="from grpcio"), timeout=3)
+            say(f"UNARY {reply.server} {reply.message} {reply.grpc_timeout}")
+        except grpc.RpcError as error:
+            # Refused (by the server's authorization, say): nothing else to try.
+            say(f"ERROR {error.code().name} {error.details()}")
+            return
         replies = list(echo.Stream(echo_pb2.EchoRequest(message="s", count=3), timeout=3))
         say("STREAM " + ",".join(r.message for r in replies))
         missing = channel.unary_unary(
@@ -105,10 +143,23 @@ def client(port):
         say(f"HEALTH {check('')} {check('meshtest.Echo')}")
 
 
+def plaintext(port):
+    echo_pb2, echo_pb2_grpc = stubs()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoRequest(message="x"), timeout=3)
+            say("OK")
+        except grpc.RpcError as error:
+            say(f"ERROR {error.code().name}")
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["server"]:
-        serve()
-    elif sys.argv[1:2] == ["client"] and len(sys.argv) == 3:
-        client(int(sys.argv[2]))
+    command, args = sys.argv[1:2], sys.argv[2:]
+    if command == ["server"] and len(args) == 3:
+        serve(*args)
+    elif command == ["client"] and len(args) == 4:
+        client(int(args[0]), *args[1:])
+    elif command == ["plaintext"] and len(args) == 1:
+        plaintext(int(args[0]))
     else:
         sys.exit(__doc__)

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
+use meshlib::inbound::Peer;
 use meshlib::{Mesh, MeshConfig};
 use meshlib_grpc::{GrpcChannel, Readiness};
 use tokio::net::TcpListener;
@@ -148,6 +149,9 @@ struct State {
     delay: Mutex<Duration>,
     /// `Unary` is relayed here, and answered with what comes back, when set.
     forward: Option<GrpcChannel>,
+    /// The SPIFFE ID of each `Unary` caller as the inbound stack verified it (`None` for a
+    /// caller without one), in order.
+    callers: Mutex<Vec<Option<String>>>,
 }
 
 /// A tonic server for `meshtest.Echo` on 127.0.0.1, served by meshlib's gRPC server (inbound
@@ -175,6 +179,16 @@ impl GrpcServer {
     /// A server whose inbound side has `[servers.<name>]` settings `server_toml` (for example
     /// `limits = { max_requests = 1 }`).
     pub async fn start_with(name: &str, forward: Option<GrpcChannel>, server_toml: &str) -> Self {
+        Self::start_configured(name, forward, &format!("[servers.{name}]\n{server_toml}\n")).await
+    }
+
+    /// A server whose mesh is configured by `mesh_toml`, which may name an `[identity]` and
+    /// `[servers.<name>]` settings (TLS mode, authorization).
+    pub async fn start_configured(
+        name: &str,
+        forward: Option<GrpcChannel>,
+        mesh_toml: &str,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -186,9 +200,9 @@ impl GrpcServer {
             stream_fail: Mutex::default(),
             delay: Mutex::default(),
             forward,
+            callers: Mutex::default(),
         });
-        let config = MeshConfig::from_toml(&format!("[servers.{name}]\n{server_toml}\n"))
-            .expect("valid server settings");
+        let config = MeshConfig::from_toml(mesh_toml).expect("valid server settings");
         let mesh = Mesh::new(config).expect("a mesh with no destinations");
         let server = meshlib_grpc::server(&mesh, name).add_service(EchoServer {
             state: Arc::clone(&state),
@@ -220,6 +234,12 @@ impl GrpcServer {
     /// Calls it has answered (or failed).
     pub fn hits(&self) -> u32 {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// The SPIFFE ID of each `Unary` caller so far, as the mesh's inbound stack verified it from
+    /// the caller's certificate (`None` for a caller without one).
+    pub fn callers(&self) -> Vec<Option<String>> {
+        lock(&self.state.callers).clone()
     }
 
     /// From now on `Unary` fails with `code` as a trailers-only response, with a
@@ -317,8 +337,14 @@ impl tower_service::Service<Request<EchoRequest>> for Unary {
 
     fn call(&mut self, request: Request<EchoRequest>) -> Self::Future {
         let state = Arc::clone(&self.0);
+        let caller = request
+            .extensions()
+            .get::<Peer>()
+            .and_then(|peer| peer.identity.as_ref())
+            .map(|id| id.as_str().to_owned());
         Box::pin(async move {
             state.hits.fetch_add(1, Ordering::SeqCst);
+            lock(&state.callers).push(caller);
             let delay = *lock(&state.delay);
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;

@@ -1,6 +1,7 @@
 //! With `access_log` on, each request gives one JSON line on each side, through
 //! tracing-subscriber's JSON formatter: who, what, how it ended, how long, and the ids that tie
-//! the lines to each other and to the trace.
+//! the lines to each other and to the trace; over mTLS, the server's line names the caller's
+//! SPIFFE ID.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use meshlib::Body;
 use meshlib::telemetry::access_log_layer_with_writer;
+use meshlib_tests::mtls::{Pki, spiffe_id};
 use meshlib_tests::telemetry::{serve, traced_mesh};
 use opentelemetry_sdk::trace::InMemorySpanExporter;
 use serde_json::Value;
@@ -120,4 +122,67 @@ async fn one_json_line_per_request_on_each_side() {
             .all(|span| span.span_context.trace_id().to_string() == outbound["trace_id"]),
         "the logged trace id is the trace's"
     );
+}
+
+// As above, over mTLS: the server's line names the SPIFFE ID the caller proved in the handshake.
+#[tokio::test(flavor = "current_thread")]
+async fn the_inbound_line_names_the_callers_proven_identity() {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber =
+        tracing_subscriber::registry().with(access_log_layer_with_writer(move || writer.clone()));
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let pki = Pki::new();
+    let exporter = InMemorySpanExporter::default();
+    let server_mesh = traced_mesh(
+        &format!(
+            "[telemetry]\naccess_log = true\n{}[servers.inventory]\ntls = {{ mode = \"strict\" }}\n",
+            pki.identity_toml("inventory")
+        ),
+        &exporter,
+        "inventory",
+    );
+    let (addr, _server) = serve(&server_mesh, "inventory", |_: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Body::empty()))
+    })
+    .await;
+    let client_mesh = traced_mesh(
+        &format!(
+            "[telemetry]\naccess_log = true\n{}[services.inventory]\nidentity = \"{}\"\n\
+             discovery = {{ kind = \"static\", endpoints = [\"{addr}\"] }}\n",
+            pki.identity_toml("shop"),
+            spiffe_id("inventory"),
+        ),
+        &exporter,
+        "shop",
+    );
+    let mut client = client_mesh.http_client("inventory").unwrap();
+    let response = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.call(Request::get("/items").body(Body::empty()).unwrap()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let entries: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("JSON: {line}")))
+        .collect();
+    let inbound = entries
+        .iter()
+        .find(|entry| entry["direction"] == "inbound")
+        .unwrap_or_else(|| panic!("an inbound line: {text}"));
+    let outbound = entries
+        .iter()
+        .find(|entry| entry["direction"] == "outbound")
+        .unwrap_or_else(|| panic!("an outbound line: {text}"));
+    assert_eq!(inbound["peer_identity"], spiffe_id("shop"), "{inbound}");
+    assert_eq!(inbound["status"], 200);
+    // A client's line has no caller: its peer is the endpoint, named by address.
+    assert_eq!(outbound["peer_identity"], "", "{outbound}");
+    assert_eq!(outbound["endpoint"], addr.to_string());
 }

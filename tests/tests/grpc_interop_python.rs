@@ -1,17 +1,26 @@
-//! Interop with an independent gRPC implementation, Python's grpcio: a meshlib-grpc client calls
-//! a grpcio server (unary, streaming, error statuses, deadlines, and meshlib's active health
-//! checks against grpcio's health service), and a grpcio client calls a meshlib-grpc server,
-//! with grpcio-health-checking's client reading the server's health as its readiness changes.
+//! Interop with an independent gRPC implementation, Python's grpcio, over mTLS both ways, with
+//! certificates from meshlib's development CA (SPIFFE IDs as URI SANs, and an IP SAN of
+//! 127.0.0.1 for grpcio, which checks the address it dialled as TLS clients do).
 //!
-//! Plaintext HTTP/2 (h2c) for now; the same over mTLS waits for the mesh's TLS (see the README's
-//! follow-ups). `.ci/run` installs grpcio; without it these tests say so and pass, unless `CI`
-//! is set, where a missing grpcio is a failure.
+//! - A meshlib-grpc client calls a grpcio server that requires a client certificate: unary,
+//!   streaming, error statuses, deadlines, and meshlib's active health checks against grpcio's
+//!   health service. grpcio verified the client's SPIFFE ID; meshlib verified the server's, and
+//!   refuses a server whose ID is not the one its configuration expects.
+//! - A grpcio client calls a meshlib-grpc server in strict mTLS with an authorization policy:
+//!   the application sees the caller's verified SPIFFE ID, grpcio-health-checking's client reads
+//!   the server's health as its readiness changes, a caller with another identity is denied
+//!   PERMISSION_DENIED, and a plaintext caller is refused.
+//!
+//! `.ci/run` installs grpcio; without it these tests say so and pass, unless `CI` is set, where a
+//! missing grpcio is a failure.
 
 use std::process::Stdio;
 use std::time::Duration;
 
+use meshlib::config::IdentityConfig;
 use meshlib::health::HealthState;
 use meshlib_tests::grpc::{ECHO_SERVICE, EchoClient, EchoRequest, GrpcServer, channel, unary};
+use meshlib_tests::mtls::{Pki, spiffe_id};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::time::timeout;
@@ -46,8 +55,13 @@ async fn grpcio() -> bool {
     found
 }
 
+/// The arguments naming `files` for `interop.py`: certificate, key, CA bundle.
+fn tls_args(files: &IdentityConfig) -> [String; 3] {
+    [&files.cert, &files.key, &files.bundle].map(|path| path.display().to_string())
+}
+
 /// `interop.py` with `args`; killed when dropped.
-fn python(args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
+fn python<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Child, Lines<BufReader<ChildStdout>>) {
     let mut child = Command::new("python3")
         .arg(SCRIPT)
         .args(args)
@@ -69,27 +83,35 @@ async fn line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_meshlib_client_calls_a_grpcio_server() {
+async fn a_meshlib_client_calls_a_grpcio_server_over_mtls() {
     if !grpcio().await {
         return;
     }
-    let (_server, mut lines) = python(&["server"]);
+    let pki = Pki::new();
+    let grpcio_files = pki.write(&pki.issue("grpcio"), "grpcio");
+    let mut args = vec!["server".to_owned()];
+    args.extend(tls_args(&grpcio_files));
+    let (_server, mut lines) = python(&args);
     let announced = line(&mut lines).await;
     let port: u16 = announced
         .strip_prefix("PORT ")
         .and_then(|port| port.parse().ok())
         .unwrap_or_else(|| panic!("not a port: {announced:?}"));
+    let client_identity = pki.identity_toml("meshclient");
     let toml = format!(
-        "[services.echo]\nprotocol = \"http2\"\ntimeout = \"2s\"\n\
+        "{client_identity}[services.echo]\nprotocol = \"http2\"\ntimeout = \"2s\"\n\
+         identity = \"{}\"\n\
          discovery = {{ kind = \"static\", endpoints = [\"127.0.0.1:{port}\"] }}\n\
          health = {{ kind = \"grpc\", service = \"{ECHO_SERVICE}\", interval = \"100ms\" }}\n\
-         retry = {{ budget = \"unlimited\" }}\n"
+         retry = {{ budget = \"unlimited\" }}\n",
+        spiffe_id("grpcio"),
     );
     let channel = channel(&toml, "echo");
     let mut client = EchoClient::new(channel.clone());
 
-    // Unary: answered by grpcio, which saw the mesh's deadline as its own time remaining. The
-    // first call also waits for meshlib's gRPC health check against grpcio's health service.
+    // Unary: answered by grpcio, which verified the client's certificate and saw the mesh's
+    // deadline as its own time remaining. The first call also waits for meshlib's gRPC health
+    // check against grpcio's health service, over mTLS too.
     let reply = timeout(
         BOUND,
         client.unary(EchoRequest {
@@ -99,8 +121,16 @@ async fn a_meshlib_client_calls_a_grpcio_server() {
     )
     .await
     .unwrap()
-    .unwrap()
-    .into_inner();
+    .unwrap();
+    assert_eq!(
+        reply
+            .metadata()
+            .get("x-peer-identity")
+            .and_then(|id| id.to_str().ok()),
+        Some(spiffe_id("meshclient").as_str()),
+        "grpcio saw the client's SPIFFE ID"
+    );
+    let reply = reply.into_inner();
     assert_eq!(
         (reply.server.as_str(), reply.message.as_str()),
         ("grpcio", "hello")
@@ -148,16 +178,64 @@ async fn a_meshlib_client_calls_a_grpcio_server() {
         endpoint.estimates().1 < 1.0,
         "the UNAVAILABLE attempts counted as failures"
     );
+
+    // A client that expects another identity at that address refuses grpcio's certificate
+    // before sending anything.
+    let impostor = channel_expecting(&client_identity, port, &spiffe_id("ratings"));
+    let status = timeout(BOUND, unary(&impostor, "hello"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains(&format!(
+            "server presented SPIFFE ID {}, expected {}",
+            spiffe_id("grpcio"),
+            spiffe_id("ratings")
+        )),
+        "{status:?}"
+    );
+}
+
+/// A channel to grpcio at `port` that expects the server to be `expected`, one attempt per call.
+fn channel_expecting(identity_toml: &str, port: u16, expected: &str) -> meshlib_grpc::GrpcChannel {
+    channel(
+        &format!(
+            "{identity_toml}[services.echo]\nprotocol = \"http2\"\nidentity = \"{expected}\"\n\
+             retry = {{ max_attempts = 1 }}\n\
+             discovery = {{ kind = \"static\", endpoints = [\"127.0.0.1:{port}\"] }}\n"
+        ),
+        "echo",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_grpcio_client_calls_a_meshlib_server_and_reads_its_health() {
+async fn a_grpcio_client_calls_a_meshlib_server_over_mtls_and_reads_its_health() {
     if !grpcio().await {
         return;
     }
-    let server = GrpcServer::start("meshlib").await;
+    let pki = Pki::new();
+    // Strict mTLS, and only grpcio's identity allowed.
+    let server = GrpcServer::start_configured(
+        "meshlib",
+        None,
+        &format!(
+            "{}[servers.meshlib]\ntls = {{ mode = \"strict\" }}\n\
+             [[servers.meshlib.authorization]]\nname = \"grpcio only\"\naction = \"allow\"\n\
+             identities = [\"{}\"]\n",
+            pki.identity_toml("meshlib"),
+            spiffe_id("grpcio"),
+        ),
+    )
+    .await;
     let port = server.addr().port().to_string();
-    let (mut client, mut lines) = python(&["client", &port]);
+    let client_args = |sa: &str| {
+        let files = pki.write(&pki.ca().issue("default", sa).unwrap(), sa);
+        let mut args = vec!["client".to_owned(), port.clone()];
+        args.extend(tls_args(&files));
+        args
+    };
+    let (mut client, mut lines) = python(&client_args("grpcio"));
 
     let unary = line(&mut lines).await;
     let words: Vec<&str> = unary.split(' ').collect();
@@ -183,4 +261,20 @@ async fn a_grpcio_client_calls_a_meshlib_server_and_reads_its_health() {
     stdin.flush().await.unwrap();
     assert_eq!(line(&mut lines).await, "HEALTH NOT_SERVING NOT_SERVING");
     assert_eq!(server.hits(), 2);
+    assert_eq!(
+        server.callers(),
+        [Some(spiffe_id("grpcio"))],
+        "the application saw the SPIFFE ID grpcio's certificate proves"
+    );
+
+    // Another identity, from the same CA, is denied by the policy with gRPC's status for it.
+    let (_intruder, mut lines) = python(&client_args("intruder"));
+    assert_eq!(
+        line(&mut lines).await,
+        "ERROR PERMISSION_DENIED no authorization rule allows this request"
+    );
+    // A plaintext caller does not get past the handshake.
+    let (_plaintext, mut lines) = python(&["plaintext", port.as_str()]);
+    assert_eq!(line(&mut lines).await, "ERROR UNAVAILABLE");
+    assert_eq!(server.hits(), 2, "neither reached the application");
 }

@@ -109,16 +109,16 @@ impl Load {
         self.pending.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records a finished request: its latency (to `responded_at` if given, else to now) and,
-    /// unless the caller gave up before an answer, how it was classified.
+    /// Records a request finished at `now`: its latency (to `responded_at` if given, else to
+    /// now) and, unless the caller gave up before an answer, how it was classified.
     pub(crate) fn finish(
         &self,
+        now: Instant,
         sent_at: Instant,
         responded_at: Option<Instant>,
         class: Option<Class>,
     ) {
         self.pending.fetch_sub(1, Ordering::Relaxed);
-        let now = Instant::now();
         let rtt = nanos(
             responded_at
                 .unwrap_or(now)

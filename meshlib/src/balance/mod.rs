@@ -267,16 +267,15 @@ impl BalancedEndpoint {
         class: Option<Class>,
         probe: bool,
     ) {
+        let now = Instant::now();
         let Some(class) = class else {
-            self.load.finish(sent_at, responded_at, None);
+            self.load.finish(now, sent_at, responded_at, None);
             if probe {
                 self.breaker.probe_abandoned();
             }
             return;
         };
-        let transition = self
-            .breaker
-            .record(&self.status.breaker, class, probe, Instant::now());
+        let transition = self.breaker.record(&self.status.breaker, class, probe, now);
         // Once the breaker has ejected the endpoint its verdict replaces the failure penalty in
         // the load: kept, the penalty would make P2C pass over the endpoint for seconds after
         // its ejection ran out (delaying the probe well past the configured time) and after a
@@ -290,7 +289,7 @@ impl BalancedEndpoint {
             }
             _ => (self.breaker.state() == BreakerState::Closed).then_some(class),
         };
-        self.load.finish(sent_at, responded_at, counted);
+        self.load.finish(now, sent_at, responded_at, counted);
         match transition {
             Transition::None => {}
             Transition::Ejected(ejection, reason) => {

@@ -156,6 +156,10 @@ where
             self.stack = Stack::clone(&self.shared.stack.load());
             self.generation = generation;
         }
-        tower_service::Service::call(&mut self.stack, request.map(Body::new))
+        // The one box of the call: the layers above the retry layer nest their futures in it.
+        Box::pin(tower_service::Service::call(
+            &mut self.stack,
+            request.map(Body::new),
+        ))
     }
 }

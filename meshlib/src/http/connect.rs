@@ -38,13 +38,16 @@ use crate::identity::tls::{H2, HTTP1, readable};
 use crate::identity::{Identity, SpiffeId};
 
 /// Connects to endpoints, with mTLS where an identity is expected of them.
+///
+/// One `Arc` to clone: the pooled client clones its connector for every request, whether or not
+/// the request then needs a new connection.
 #[derive(Clone)]
 pub(crate) struct Connector {
-    tcp: HttpConnector,
     shared: Arc<Shared>,
 }
 
 struct Shared {
+    tcp: HttpConnector,
     service: Arc<str>,
     /// What the service's endpoints must present, unless their label says otherwise.
     expected: Option<SpiffeId>,
@@ -68,8 +71,8 @@ impl Connector {
         tcp.set_connect_timeout(Some(config.connect_timeout));
         tcp.set_nodelay(true);
         Self {
-            tcp,
             shared: Arc::new(Shared {
+                tcp,
                 service: Arc::clone(service),
                 expected: config.identity.clone(),
                 identity: identity.cloned(),
@@ -124,13 +127,14 @@ impl tower_service::Service<Uri> for Connector {
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Connection, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.tcp.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // The TCP connector is always ready; each connection gets a copy of it.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let shared = Arc::clone(&self.shared);
-        let tcp = self.tcp.call(uri.clone());
+        let tcp = shared.tcp.clone().call(uri.clone());
         Box::pin(async move {
             // The outbound stack always sends to an endpoint's ip:port.
             let addr: Option<SocketAddr> = uri.authority().and_then(|a| a.as_str().parse().ok());

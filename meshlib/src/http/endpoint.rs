@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::HOST;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -28,7 +28,10 @@ use crate::deadline::Deadline;
 use crate::identity::Identity;
 use crate::route::Routed;
 
-/// What the retry layer tells the endpoint layer about one attempt, as a request extension.
+/// What the layers above tell the endpoint layer about one attempt, as a request extension: the
+/// timeout layer gives it the request's deadline, and the retry layer narrows that to the
+/// per-try timeout and names the endpoints to avoid. One extension rather than one per layer,
+/// because each attempt copies the request's extensions.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Attempt {
     /// When this attempt must be answered: the request's deadline or its per-try timeout.
@@ -56,6 +59,8 @@ struct Inner {
     balancer: Balancer,
     classifier: Arc<Classifier>,
     client: Client<Connector, Body>,
+    /// `Host: <service>`, for requests addressed to the service by its name.
+    service_host: Option<HeaderValue>,
     discovery_timeout: Duration,
     max_pending: u32,
     /// Requests waiting for discovery to produce an endpoint.
@@ -83,6 +88,7 @@ impl Endpoints {
                 balancer,
                 classifier,
                 client,
+                service_host: HeaderValue::from_str(service).ok(),
                 discovery_timeout: config.discovery_timeout,
                 max_pending: config.limits.max_pending,
                 waiting: AtomicU32::new(0),
@@ -126,7 +132,7 @@ impl Inner {
         let mut parts = uri.into_parts();
         if let Some(authority) = parts.authority.take()
             && !request.headers().contains_key(HOST)
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+            && let Some(host) = self.host(&authority)
         {
             request.headers_mut().insert(HOST, host);
         }
@@ -197,6 +203,15 @@ impl Inner {
                 in_flight.finish(self.classifier.error(&error));
                 Err(error)
             }
+        }
+    }
+
+    /// The `Host` header for a request to `authority`: usually the service's own name, whose
+    /// value is made once and shared.
+    fn host(&self, authority: &Authority) -> Option<HeaderValue> {
+        match &self.service_host {
+            Some(host) if host.as_bytes() == authority.as_str().as_bytes() => Some(host.clone()),
+            _ => HeaderValue::from_str(authority.as_str()).ok(),
         }
     }
 

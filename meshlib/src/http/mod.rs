@@ -10,16 +10,21 @@ use std::pin::Pin;
 
 pub use self::body::Body;
 pub use self::client::HttpClient;
+pub(crate) use self::connect::Connector;
 pub use self::endpoint::ServedBy;
 pub(crate) use self::endpoint::{Attempt, Endpoints};
 
 /// The services the outbound layers wrap and are: a request in, a response or a mesh error out.
+///
+/// The layers above the retry layer have futures of their own type, nested in the one box an
+/// [`HttpClient`] call makes; a layer that hands its inner service's future on as its own asks
+/// for `MeshService<Future = ResponseFuture>`.
 pub(crate) trait MeshService:
     tower_service::Service<
         http::Request<Body>,
         Response = http::Response<Body>,
         Error = crate::Error,
-        Future = ResponseFuture,
+        Future: Send + 'static,
     >
 {
 }
@@ -29,11 +34,11 @@ impl<S> MeshService for S where
             http::Request<Body>,
             Response = http::Response<Body>,
             Error = crate::Error,
-            Future = ResponseFuture,
+            Future: Send + 'static,
         >
 {
 }
 
-/// The future of an [`HttpClient`] call, and of every layer inside it.
+/// The future of an [`HttpClient`] call, and of the layers from the retry layer inwards.
 pub type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<Body>, crate::Error>> + Send>>;

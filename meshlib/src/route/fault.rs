@@ -73,7 +73,7 @@ pub(crate) struct FaultService<S> {
 
 impl<S> tower_service::Service<Request<Body>> for FaultService<S>
 where
-    S: MeshService + Clone + Send + 'static,
+    S: MeshService<Future = ResponseFuture> + Clone + Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Error;

@@ -1,11 +1,14 @@
 //! The compiled route table and the layer that applies it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::header::{COOKIE, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
+use pin_project_lite::pin_project;
 use regex::Regex;
 
 use super::config::{
@@ -13,7 +16,7 @@ use super::config::{
 };
 use super::fault::Fault;
 use crate::balance::{Balancer, SubsetId};
-use crate::http::{Body, HttpClient, MeshService, ResponseFuture};
+use crate::http::{Body, HttpClient, MeshService};
 use crate::limit::RateLimit;
 use crate::mesh::MeshHandle;
 use crate::{Error, config::ServiceConfig};
@@ -169,6 +172,11 @@ impl Route {
             prefix_rewrite,
             hash: route.hash.clone().or_else(|| service.hash.clone()),
         }
+    }
+
+    /// Whether the route changes a policy the layers below apply.
+    fn overrides(&self) -> bool {
+        self.timeout.is_some() || self.retry.is_some() || self.fault.is_some()
     }
 
     fn pick_subset(&self) -> Option<SubsetId> {
@@ -432,19 +440,19 @@ where
 {
     type Response = Response<Body>;
     type Error = Error;
-    type Future = ResponseFuture;
+    type Future = RouterFuture<S::Future>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<Body>) -> ResponseFuture {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let route = Arc::clone(self.table.find(&request));
         if let Some(rate) = &route.rate_limit
             && !rate.try_acquire()
         {
             let error = Error::rate_limited(&self.table.service, rate.per_second());
-            return Box::pin(std::future::ready(Err(error)));
+            return RouterFuture::Refused { error: Some(error) };
         }
         if !route.request_headers.is_empty() {
             route.request_headers.apply(request.headers_mut());
@@ -455,21 +463,55 @@ where
         if let Some(mirror) = &route.mirror {
             mirror.send(&request);
         }
-        let routed = Routed {
-            subset: route.pick_subset(),
-            hash: route.hash_key(&request),
-            route: Arc::clone(&route),
-        };
-        request.extensions_mut().insert(routed);
-        let response = self.inner.call(request);
-        if route.response_headers.is_empty() {
-            return response;
+        let subset = route.pick_subset();
+        let hash = route.hash_key(&request);
+        // The layers below treat a request without a decision as sent to all endpoints under
+        // the service's own policies: a route that says no more than that is not written down,
+        // which spares every request of a service without routes an extension to copy.
+        if subset.is_some() || hash.is_some() || route.overrides() {
+            request.extensions_mut().insert(Routed {
+                subset,
+                hash,
+                route: Arc::clone(&route),
+            });
         }
-        Box::pin(async move {
-            let mut response = response.await?;
-            route.response_headers.apply(response.headers_mut());
-            Ok(response)
-        })
+        let response = self.inner.call(request);
+        RouterFuture::Routed {
+            response,
+            route: (!route.response_headers.is_empty()).then_some(route),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a routed call: the call, whose response gets the route's response headers
+    /// if it has any; or the refusal of the route's rate limit.
+    #[project = RouterFutureProj]
+    pub(crate) enum RouterFuture<F> {
+        Routed { #[pin] response: F, route: Option<Arc<Route>> },
+        Refused { error: Option<Error> },
+    }
+}
+
+impl<F> Future for RouterFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Error>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            RouterFutureProj::Routed { response, route } => {
+                let mut response = ready!(response.poll(cx))?;
+                if let Some(route) = route {
+                    route.response_headers.apply(response.headers_mut());
+                }
+                Poll::Ready(Ok(response))
+            }
+            RouterFutureProj::Refused { error } => {
+                Poll::Ready(Err(error.take().expect("polled after it was ready")))
+            }
+        }
     }
 }
 

@@ -8,11 +8,14 @@
 //! {"timestamp":"…","level":"INFO","message":"request","direction":"inbound","service":"reviews",
 //!  "method":"GET","path":"/reviews/1","status":200,"duration_ms":1.82,"attempts":1,
 //!  "request_id":"4bf92f3577b34da6a3ce929d0e0e4736","trace_id":"…","peer":"127.0.0.1:50412",
-//!  "peer_identity":"","endpoint":"","route":"/reviews/{id}","error":"","target":"meshlib::access"}
+//!  "peer_identity":"spiffe://cluster.local/ns/default/sa/productpage","endpoint":"",
+//!  "route":"/reviews/{id}","error":"","target":"meshlib::access"}
 //! ```
 //!
 //! Every line has every field, empty when it does not apply (a server has no endpoint, a client
-//! no peer), so that a log pipeline sees one schema.
+//! no peer), so that a log pipeline sees one schema. `peer_identity` is the SPIFFE ID the caller
+//! proved with its client certificate, on the inbound side of an mTLS connection; a plaintext
+//! caller has none.
 
 use tracing::Subscriber;
 use tracing_subscriber::Layer;

@@ -9,15 +9,18 @@
 //! and passes the request through.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context as TaskContext, Poll};
+use std::task::{Context as TaskContext, Poll, ready};
 
 use http::{HeaderValue, Method, Request, Response, Uri};
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Array, Context, KeyValue, Value};
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::access_log::Entry;
@@ -104,20 +107,28 @@ where
 {
     type Response = Response<Body>;
     type Error = Error;
-    type Future = ResponseFuture;
+    type Future = TelemetryFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<Body>) -> ResponseFuture {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let shared = &self.shared;
         let telemetry = &shared.telemetry;
         if !telemetry.active() {
-            return self.inner.call(request);
+            return TelemetryFuture {
+                response: self.inner.call(request),
+                outbound: None,
+            };
         }
         let started = Instant::now();
-        let request_id = outbound_request_id(&mut request, telemetry.request_id);
+        give_request_id(&mut request, telemetry.request_id);
+        // Kept for the access log only: a copy of a value made here costs an allocation.
+        let request_id = telemetry
+            .access_log
+            .then(|| request.headers().get(REQUEST_ID_HEADER).cloned())
+            .flatten();
         let trace = (telemetry.tracing() || telemetry.access_log).then(|| {
             let cx = telemetry.tracer().map(|tracer| {
                 let parent = Context::current();
@@ -151,8 +162,7 @@ where
         let logged = telemetry
             .access_log
             .then(|| (request.method().clone(), request.uri().clone()));
-        let response = self.inner.call(request);
-        let mut outbound = Outbound {
+        let outbound = Outbound {
             shared: Arc::clone(shared),
             started,
             request_id,
@@ -160,25 +170,47 @@ where
             logged,
             finished: false,
         };
-        Box::pin(async move {
-            let result = response.await;
-            outbound.finish(Outcome::of(&result));
-            result
-        })
+        TelemetryFuture {
+            response: self.inner.call(request),
+            outbound: Some(outbound),
+        }
     }
 }
 
-/// The request's id: the one it has, else the one of the request being served, else a new one
-/// if ids are generated. Whatever it is, it is in the request's headers.
-fn outbound_request_id(request: &mut Request<Body>, generate: bool) -> Option<HeaderValue> {
-    if let Some(id) = request.headers().get(REQUEST_ID_HEADER) {
-        return Some(id.clone());
+pin_project! {
+    /// The future of a [`ClientTelemetry`] call: the call, and what is recorded when it ends
+    /// (nothing with telemetry off).
+    pub struct TelemetryFuture<F> {
+        #[pin]
+        response: F,
+        outbound: Option<Outbound>,
     }
-    let id = request_id::current().or_else(|| generate.then(request_id::generate))?;
-    request
-        .headers_mut()
-        .insert(request_id::HEADER_NAME, id.clone());
-    Some(id)
+}
+
+impl<F> Future for TelemetryFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Error>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let result = ready!(this.response.poll(cx));
+        if let Some(outbound) = this.outbound {
+            outbound.finish(Outcome::of(&result));
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// Gives the request an id unless it has one: the id of the request being served, else a new
+/// one if ids are generated.
+fn give_request_id(request: &mut Request<Body>, generate: bool) {
+    if !request.headers().contains_key(REQUEST_ID_HEADER)
+        && let Some(id) = request_id::current().or_else(|| generate.then(request_id::generate))
+    {
+        request.headers_mut().insert(request_id::HEADER_NAME, id);
+    }
 }
 
 /// How a request, or an attempt, ended.
@@ -375,7 +407,7 @@ pub struct AttemptTelemetry<S> {
 
 impl<S> tower_service::Service<Request<Body>> for AttemptTelemetry<S>
 where
-    S: MeshService,
+    S: MeshService<Future = ResponseFuture>,
 {
     type Response = Response<Body>;
     type Error = Error;

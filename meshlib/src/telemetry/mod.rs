@@ -55,7 +55,7 @@ use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 
 pub use self::access_log::{ACCESS_LOG_TARGET, access_log_layer, access_log_layer_with_writer};
-pub use self::client::{AttemptTelemetry, ClientTelemetry};
+pub use self::client::{AttemptTelemetry, ClientTelemetry, TelemetryFuture};
 pub(crate) use self::client::{AttemptTelemetryLayer, ClientTelemetryLayer};
 pub use self::metrics::names;
 pub(crate) use self::metrics::{RequestMetrics, prometheus_handle};

@@ -28,7 +28,11 @@ pub(crate) fn generate() -> HeaderValue {
         *byte = HEX[(id & 0xf) as usize];
         id >>= 4;
     }
-    HeaderValue::from_bytes(&text).expect("hex digits are a valid header value")
+    // Owned by a reference-counted buffer from the start: the request's headers are copied for
+    // each attempt, and a value copied from a plain byte slice would allocate again on its first
+    // copy.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+        .expect("hex digits are a valid header value")
 }
 
 /// The request id of the request being served by this task, if any.

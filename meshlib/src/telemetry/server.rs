@@ -311,8 +311,8 @@ impl Drop for Served {
     }
 }
 
-/// The caller's identity as its certificate proves it. Hook for mTLS: until `Peer` carries the
-/// verified identity, no caller has one.
-fn peer_identity(_peer: &Peer) -> &str {
-    ""
+/// The caller's SPIFFE ID as its client certificate proved it during the handshake; empty for a
+/// plaintext caller or a TLS caller without a certificate (permissive mode).
+fn peer_identity(peer: &Peer) -> &str {
+    peer.identity.as_ref().map_or("", |id| id.as_str())
 }

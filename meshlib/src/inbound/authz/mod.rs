@@ -8,8 +8,9 @@
 //! the server to everyone else, as Istio's AuthorizationPolicy does; a policy of deny rules only
 //! allows the rest; no rules allow everything.
 //!
-//! A denied request gets 403 with a one-line reason naming the rule (or that none allowed it),
-//! and an `info` event with the server, the rule, the peer's address and identity, the method and
+//! A denied request gets 403 with a one-line reason naming the rule (or that none allowed it); a
+//! denied gRPC call gets what a gRPC server answers instead, a trailers-only PERMISSION_DENIED
+//! with the same reason as its `grpc-message`. Either way there is an `info` event with the server, the rule, the peer's address and identity, the method and
 //! the path. The decision happens on the request's head only: the body is never read.
 //!
 //! The peer comes from the [`Peer`] request extension that [`Server`](super::Server) inserts;
@@ -24,7 +25,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::Either;
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 
 pub use self::rule::{AuthorizationAction, AuthorizationRule, IdentityPattern, PathPattern};
 use super::Peer;
@@ -36,7 +37,8 @@ pub struct AuthorizeLayer {
     policy: Option<Arc<Policy>>,
 }
 
-/// Answers 403 to requests the server's authorization policy denies.
+/// Answers 403 (PERMISSION_DENIED to gRPC callers) to requests the server's authorization
+/// policy denies.
 #[derive(Clone, Debug)]
 pub struct Authorize<S> {
     inner: S,
@@ -49,18 +51,55 @@ struct Policy {
     rules: Box<[Named]>,
     /// Whether a request that no rule matches is denied: when any rule allows.
     default_deny: bool,
+    /// What that request is told.
+    denied_by_default: Denial,
 }
 
 #[derive(Debug)]
 struct Named {
     name: Box<str>,
     rule: AuthorizationRule,
-    /// The 403 body, made once.
-    denied: Bytes,
+    denial: Denial,
+}
+
+/// What a denied caller is told, made once per rule.
+#[derive(Clone, Debug)]
+struct Denial {
+    /// The 403 body.
+    body: Bytes,
+    /// The same reason as a gRPC status message.
+    grpc_message: HeaderValue,
+}
+
+impl Denial {
+    fn new(reason: &str) -> Self {
+        Self {
+            body: Bytes::from(format!("forbidden: {reason}\n")),
+            grpc_message: crate::grpc::encode_message(reason),
+        }
+    }
+
+    fn response(&self, grpc: bool) -> Response<Body> {
+        if grpc {
+            return Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .header(
+                    crate::grpc::STATUS_HEADER,
+                    crate::grpc::Code::PermissionDenied.number(),
+                )
+                .header("grpc-message", self.grpc_message.clone())
+                .body(Body::empty())
+                .expect("a static response is valid");
+        }
+        Response::builder()
+            .status(StatusCode::FORBIDDEN)
+            .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(Body::from(self.body.clone()))
+            .expect("a static response is valid")
+    }
 }
 
 const NO_RULE: &str = "no rule allows it";
-const DENIED_BY_DEFAULT: &[u8] = b"forbidden: no authorization rule allows this request\n";
 
 impl AuthorizeLayer {
     /// The policy `rules` of the server `server`. With no rules, requests pass untouched.
@@ -77,9 +116,7 @@ impl AuthorizeLayer {
                     .clone()
                     .unwrap_or_else(|| format!("authorization[{i}]"));
                 Named {
-                    denied: Bytes::from(format!(
-                        "forbidden: denied by authorization rule {name:?}\n"
-                    )),
+                    denial: Denial::new(&format!("denied by authorization rule {name:?}")),
                     name: name.into(),
                     rule: rule.clone(),
                 }
@@ -93,6 +130,7 @@ impl AuthorizeLayer {
                 server: Arc::clone(server),
                 rules,
                 default_deny,
+                denied_by_default: Denial::new("no authorization rule allows this request"),
             })),
         }
     }
@@ -110,8 +148,8 @@ impl<S> tower::Layer<S> for AuthorizeLayer {
 }
 
 impl Policy {
-    /// `None` to allow; the deciding rule's name and 403 body to deny.
-    fn decide(&self, request: &Request<Body>) -> Option<(&str, Bytes)> {
+    /// `None` to allow; the deciding rule's name and what to answer to deny.
+    fn decide(&self, request: &Request<Body>) -> Option<(&str, &Denial)> {
         let peer = request.extensions().get::<Peer>();
         let source = peer.map(|peer| peer.addr.ip());
         let identity = peer.and_then(|peer| peer.identity.as_ref());
@@ -120,12 +158,12 @@ impl Policy {
             if named.rule.matches(method, path, source, identity) {
                 return match named.rule.action {
                     AuthorizationAction::Allow => None,
-                    AuthorizationAction::Deny => Some((&named.name, named.denied.clone())),
+                    AuthorizationAction::Deny => Some((&named.name, &named.denial)),
                 };
             }
         }
         self.default_deny
-            .then(|| (NO_RULE, Bytes::from_static(DENIED_BY_DEFAULT)))
+            .then_some((NO_RULE, &self.denied_by_default))
     }
 }
 
@@ -144,7 +182,7 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         if let Some(policy) = &self.policy
-            && let Some((rule, body)) = policy.decide(&request)
+            && let Some((rule, denial)) = policy.decide(&request)
         {
             let peer = request.extensions().get::<Peer>();
             tracing::info!(
@@ -156,11 +194,7 @@ where
                 path = request.uri().path(),
                 "request denied"
             );
-            let response = Response::builder()
-                .status(StatusCode::FORBIDDEN)
-                .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-                .body(Body::from(body))
-                .expect("a static response is valid");
+            let response = denial.response(crate::grpc::is_grpc(request.headers()));
             return Either::Left(ready(Ok(response)));
         }
         Either::Right(self.inner.call(request))
