@@ -38,6 +38,8 @@ pub(crate) struct ClusterInner {
     pub(crate) config: KafkaConfig,
     /// The bootstrap list for the next client made; discovery keeps it current.
     bootstrap: Arc<RwLock<String>>,
+    /// librdkafka's `ssl.*` settings, from `tls` and the mesh identity; empty for plaintext.
+    tls: Vec<(&'static str, String)>,
     pub(crate) schemas: Schemas,
     pub(crate) breaker: Arc<ClusterBreaker>,
     follower: tokio::task::JoinHandle<()>,
@@ -107,6 +109,19 @@ impl KafkaCluster {
             brokers,
             Arc::clone(&bootstrap),
         ));
+        let tls = match &config.tls {
+            Some(_) if !cfg!(feature = "tls") => {
+                return Err(Error::config(
+                    format_args!("kafka.{name}.tls"),
+                    "meshlib-kafka was built without its `tls` feature",
+                ));
+            }
+            Some(tls) => {
+                let identity = mesh.identity().and_then(meshlib::identity::Identity::files);
+                crate::tls::settings(name, tls, identity.as_ref())?
+            }
+            None => Vec::new(),
+        };
         let schemas = Schemas::load(name, &config)?;
         let labels = Arc::new(config.labels.clone());
         let cluster = Self {
@@ -115,6 +130,7 @@ impl KafkaCluster {
                 breaker: Arc::new(ClusterBreaker::new(name, config.producer.breaker.clone())),
                 config,
                 bootstrap,
+                tls,
                 schemas,
                 follower,
             }),
@@ -182,7 +198,8 @@ impl KafkaCluster {
     }
 
     /// The librdkafka settings every client of this cluster starts from: bootstrap brokers,
-    /// client id, TLS, then the configuration's `librdkafka` table.
+    /// client id, TLS (from `tls` and the mesh identity), then the configuration's `librdkafka`
+    /// table.
     ///
     /// Public so that an application can make an rdkafka client of its own that connects as
     /// the mesh's clients do.
@@ -194,16 +211,8 @@ impl KafkaCluster {
             .set("client.id", self.client_id())
             // librdkafka's logs go to `tracing` through the context, at its own levels.
             .set_log_level(RDKafkaLogLevel::Warning);
-        if let Some(tls) = &config.tls {
-            if !cfg!(feature = "tls") {
-                return Err(Error::config(
-                    format_args!("kafka.{}.tls", self.inner.name),
-                    "meshlib-kafka was built without its `tls` feature",
-                ));
-            }
-            for (key, value) in crate::tls::tls_settings(tls) {
-                client.set(key, value);
-            }
+        for (key, value) in &self.inner.tls {
+            client.set(*key, value);
         }
         for (key, value) in &config.librdkafka {
             client.set(key, value);
@@ -270,6 +279,9 @@ pub(crate) struct ClusterBreaker {
     pub(crate) cluster: Arc<str>,
     breaker: Breaker,
     config: BreakerConfig,
+    /// The state the gauge last showed: every record reports its outcome, and the gauge is
+    /// looked up (a label string and a registry lookup) only when the state changed.
+    reported: std::sync::atomic::AtomicU8,
 }
 
 impl ClusterBreaker {
@@ -279,6 +291,7 @@ impl ClusterBreaker {
             cluster: cluster.into(),
             breaker: Breaker::new(),
             config,
+            reported: std::sync::atomic::AtomicU8::new(BreakerState::Closed as u8),
         }
     }
 
@@ -320,7 +333,13 @@ impl ClusterBreaker {
     }
 
     fn report(&self, transition: Transition) {
-        crate::telemetry::breaker_state(&self.cluster, self.breaker.state());
+        let state = self.breaker.state();
+        let was = self
+            .reported
+            .swap(state as u8, std::sync::atomic::Ordering::AcqRel);
+        if was != state as u8 {
+            crate::telemetry::breaker_state(&self.cluster, state);
+        }
         match transition {
             Transition::Ejected(ejection, reason) => {
                 tracing::warn!(cluster = %self.cluster, ?ejection, reason, "kafka cluster circuit opened");

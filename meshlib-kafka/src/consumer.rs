@@ -21,6 +21,13 @@
 //!   it was handled cannot have its offset stored; its next owner handles it again (at least
 //!   once).
 //!
+//! - **Closing off the runtime.** Leaving a group waits on the group coordinator (revoke, commit
+//!   the stored offsets, leave), and rdkafka does it in `Drop`, blocking the thread. The consumer
+//!   does it on a thread of its own instead: [`Consumer::run_until`] waits for it on a blocking
+//!   thread before returning, so its successor in the group starts where it stopped; a consumer
+//!   dropped on a runtime worker (its task aborted) closes on a short-lived thread, and the worker
+//!   goes on at once.
+//!
 //! Records are handled one at a time, in order: per-partition order holds, and a consumer that
 //! needs more throughput runs more members in its group.
 
@@ -227,7 +234,7 @@ impl ConsumerContext for MeshContext {
 /// retries, a dead-letter topic and pauses while the handler's downstream is out.
 pub struct Consumer {
     cluster: Arc<str>,
-    client: StreamConsumer<MeshContext>,
+    client: Client,
     group: String,
     routes: TopicRoutes,
     schemas: Schemas,
@@ -282,6 +289,19 @@ impl Consumer {
             .set(
                 "statistics.interval.ms",
                 config.lag_interval.as_millis().to_string(),
+            )
+            .set(
+                "session.timeout.ms",
+                config.session_timeout.as_millis().to_string(),
+            )
+            // A third of the session, as Kafka advises, and no rarer than librdkafka's 3 s.
+            .set(
+                "heartbeat.interval.ms",
+                (config.session_timeout / 3)
+                    .min(Duration::from_secs(3))
+                    .as_millis()
+                    .max(1)
+                    .to_string(),
             );
         for (key, value) in &cluster.inner.config.librdkafka {
             client.set(key, value);
@@ -303,7 +323,7 @@ impl Consumer {
             .map_err(|error| Error::kafka(name, error))?;
         Ok(Self {
             cluster: Arc::clone(name),
-            client,
+            client: Client(Some(client)),
             routes,
             schemas: cluster.inner.schemas.clone(),
             dead_letters: cluster.producer()?,
@@ -367,7 +387,7 @@ impl Consumer {
                 Handled::Stopped => break,
             }
         }
-        self.commit_now();
+        self.close().await;
         Ok(())
     }
 
@@ -395,11 +415,23 @@ impl Consumer {
         }
     }
 
-    fn commit_now(&self) {
-        if let Err(error) = self.client.commit_consumer_state(CommitMode::Sync)
-            && error.rdkafka_error_code() != Some(rdkafka::error::RDKafkaErrorCode::NoOffset)
-        {
-            tracing::warn!(cluster = %self.cluster, %error, "final commit failed");
+    /// Commits what was handled and leaves the group, on a blocking thread: both wait on the
+    /// group coordinator.
+    async fn close(mut self) {
+        let Some(client) = self.client.0.take() else {
+            return;
+        };
+        let cluster = Arc::clone(&self.cluster);
+        let closed = tokio::task::spawn_blocking(move || {
+            if let Err(error) = client.commit_consumer_state(CommitMode::Sync)
+                && error.rdkafka_error_code() != Some(rdkafka::error::RDKafkaErrorCode::NoOffset)
+            {
+                tracing::warn!(%cluster, %error, "final commit failed");
+            }
+            drop(client);
+        });
+        if let Err(error) = closed.await {
+            tracing::warn!(cluster = %self.cluster, %error, "closing the consumer failed");
         }
     }
 
@@ -636,6 +668,40 @@ impl Consumer {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The rdkafka consumer, closed off the async runtime's threads when dropped (see the module
+/// docs). `None` only once [`Consumer::close`] took it.
+struct Client(Option<StreamConsumer<MeshContext>>);
+
+impl std::ops::Deref for Client {
+    type Target = StreamConsumer<MeshContext>;
+
+    fn deref(&self) -> &Self::Target {
+        // Taken only by `Consumer::close`, which consumes the consumer.
+        self.0.as_ref().expect("the consumer is open until closed")
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let Some(client) = self.0.take() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            // Not on a runtime: this thread may block as long as closing takes.
+            return drop(client);
+        }
+        // A thread of its own rather than `spawn_blocking`: a runtime being shut down waits for
+        // its blocking tasks, and must not wait on a group coordinator.
+        let close = std::thread::Builder::new()
+            .name("meshlib-kafka-close".to_owned())
+            .spawn(move || drop(client));
+        if let Err(error) = close {
+            // The closure, and the consumer with it, was dropped here, on this thread.
+            tracing::warn!(%error, "no thread to close the consumer on; closed in place");
         }
     }
 }

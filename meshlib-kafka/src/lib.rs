@@ -53,7 +53,7 @@ pub use self::consumer::{Consumer, HandlerError, dead_letter_headers};
 pub use self::embedded::EmbeddedCluster;
 pub use self::error::Error;
 pub use self::gateway::{EventGateway, KEY_HEADER, PEER_HEADER};
-pub use self::producer::Producer;
+pub use self::producer::{Producer, SendFuture};
 pub use self::record::{Delivery, Record};
 pub use self::tap::{TAP_DROPPED, Tap, TapLayer};
 pub use self::tls::tls_settings;

@@ -21,24 +21,30 @@
 //! consumers absorb. Order across a mesh retry holds for a caller that awaits each send before
 //! the next one with the same key.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
+use bytes::Bytes;
 use meshlib::config::RateLimitConfig;
 use meshlib::limit::RateLimit;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::message::{Headers as _, Message as _, OwnedMessage};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::cluster::{ClusterBreaker, KafkaCluster, MeshContext};
+use crate::cluster::{ClusterBreaker, KafkaCluster, MeshContext, Ticket};
 use crate::error::is_retriable_code;
-use crate::record::{Delivery, HeaderCarrier};
+use crate::record::Delivery;
 use crate::route::TopicRoutes;
 use crate::schema::Schemas;
-use crate::telemetry::{MetricsCache, SpanIds, TRACEPARENT};
+use crate::telemetry::{MetricsCache, SpanIds, TRACEPARENT, TRACEPARENT_LEN, TopicMetrics};
 use crate::{Error, Record};
 
 /// Sends records to a Kafka cluster with the mesh's policies. Cheap to clone; clones share the
@@ -149,86 +155,15 @@ impl Producer {
     }
 
     /// Sends `record` and waits for the cluster to acknowledge it.
-    pub async fn send(&self, record: Record) -> Result<Delivery, Error> {
-        let inner = &*self.inner;
-        let topic = inner.routes.physical(&record.topic);
-        let metrics = inner.metrics.topic(topic);
-        let refuse = |error: Error| {
-            crate::telemetry::error(topic, "send", error.kind_name());
-            Err(error)
-        };
-        if let Some(schema) = inner.schemas.get(&record.topic)
-            && let Err(error) = schema.check(&record.topic, &record.value)
-        {
-            return refuse(error);
+    ///
+    /// Like any future, it does nothing until polled: the first poll runs the policies and
+    /// hands the record to librdkafka, the next ones wait for the delivery report. See
+    /// [`SendFuture`] for why it is a type of its own.
+    pub fn send(&self, record: Record) -> SendFuture<'_> {
+        SendFuture {
+            inner: &self.inner,
+            state: State::Start(record),
         }
-        let ticket = match inner.breaker.admit() {
-            Ok(ticket) => ticket,
-            Err(error) => return refuse(error),
-        };
-        let size = record.size();
-        if let Err(error) = inner.limit(topic, size) {
-            return refuse(error);
-        }
-        let _slot = match inner.reserve(size) {
-            Ok(slot) => slot,
-            Err(error) => return refuse(error),
-        };
-
-        let ids = SpanIds::child_of_current();
-        let key = record.key_str().unwrap_or_default();
-        let span = tracing::info_span!(
-            "send",
-            otel.name = %format_args!("send {topic}"),
-            otel.kind = "producer",
-            messaging.system = "kafka",
-            messaging.operation.type = "send",
-            messaging.operation.name = "send",
-            messaging.destination.name = topic,
-            messaging.destination.partition.id = tracing::field::Empty,
-            messaging.kafka.message.key = key,
-            messaging.kafka.offset = tracing::field::Empty,
-            messaging.client.id = %inner.cluster,
-            error.type = tracing::field::Empty,
-            trace_id = %ids.trace_id,
-            span_id = %ids.span_id,
-        );
-        // The record's own traceparent wins: a dead-lettered record keeps the trace it had.
-        let mut extra = Vec::new();
-        if record.header_value(TRACEPARENT).is_none() {
-            ids.inject(&mut HeaderCarrier(&mut extra));
-        }
-        let extra: Vec<(&str, &[u8])> = extra
-            .iter()
-            .map(|(name, value)| (name.as_str(), &value[..]))
-            .collect();
-
-        let started = Instant::now();
-        let result = inner
-            .send_with_retries(topic, &record, &extra, &metrics)
-            .instrument(span.clone())
-            .await;
-        metrics
-            .send_duration
-            .record(crate::telemetry::seconds(started.elapsed()));
-        match &result {
-            Ok(delivery) => {
-                ticket.record(true);
-                metrics.sent.increment(1);
-                metrics.sent_bytes.increment(size as u64);
-                span.record("messaging.destination.partition.id", delivery.partition);
-                span.record("messaging.kafka.offset", delivery.offset);
-            }
-            Err(error) => {
-                // Only failures that say the cluster is unwell count against it; a record the
-                // broker refused for itself (too large, bad topic) says nothing about the cluster.
-                ticket.record(!error.is_retriable());
-                crate::telemetry::error(topic, "send", error.kind_name());
-                span.record("error.type", error.kind_name());
-                tracing::debug!(parent: &span, %error, "send failed");
-            }
-        }
-        result
     }
 
     /// Waits until every record sent so far is acknowledged or failed, up to `timeout`.
@@ -322,24 +257,113 @@ impl Inner {
         Ok(slot)
     }
 
-    async fn send_with_retries(
+    /// Runs the policies and hands `record` to librdkafka: what the first poll of a
+    /// [`SendFuture`] does.
+    fn start<'a>(&'a self, mut record: Record) -> Result<State<'a>, Error> {
+        let topic = self.routes.physical(&record.topic);
+        let refuse = |error: Error| {
+            crate::telemetry::error(topic, "send", error.kind_name());
+            Err(error)
+        };
+        if let Some(schema) = self.schemas.get(&record.topic)
+            && let Err(error) = schema.check(&record.topic, &record.value)
+        {
+            return refuse(error);
+        }
+        let ticket = match self.breaker.admit() {
+            Ok(ticket) => ticket,
+            Err(error) => return refuse(error),
+        };
+        let size = record.size();
+        if let Err(error) = self.limit(topic, size) {
+            return refuse(error);
+        }
+        let slot = match self.reserve(size) {
+            Ok(slot) => slot,
+            Err(error) => return refuse(error),
+        };
+
+        // The physical topic, owned: the record's own string when no route changed it, so that
+        // the `Delivery` that names it costs no copy.
+        let routed = (!std::ptr::eq(topic, record.topic.as_str())).then(|| topic.to_owned());
+        let topic = routed.unwrap_or_else(|| std::mem::take(&mut record.topic));
+
+        let ids = SpanIds::child_of_current();
+        let span = tracing::info_span!(
+            "send",
+            otel.name = %format_args!("send {topic}"),
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
+            messaging.destination.name = topic.as_str(),
+            messaging.destination.partition.id = tracing::field::Empty,
+            messaging.kafka.message.key = record.key_str().unwrap_or_default(),
+            messaging.kafka.offset = tracing::field::Empty,
+            messaging.client.id = %self.cluster,
+            error.type = tracing::field::Empty,
+            trace_id = %ids.trace_id,
+            span_id = %ids.span_id,
+        );
+        // The record's own traceparent wins: a dead-lettered record keeps the trace it had.
+        let traceparent = record
+            .header_value(TRACEPARENT)
+            .is_none()
+            .then(|| ids.traceparent());
+        let done = Done {
+            metrics: self.metrics.topic(&topic),
+            topic,
+            ticket,
+            _slot: slot,
+            span,
+            started: Instant::now(),
+            size,
+            partition: record.partition,
+        };
+        let enqueued = done
+            .span
+            .in_scope(|| self.enqueue(&done.topic, &record, traceparent.as_ref()));
+        match enqueued {
+            Ok(delivery) => Ok(State::Waiting(done, delivery)),
+            Err(error) if self.max_attempts > 1 && is_retriable(&error) => {
+                let mut record = record;
+                if let Some(value) = traceparent {
+                    record
+                        .headers
+                        .push((TRACEPARENT.to_owned(), Bytes::copy_from_slice(&value)));
+                }
+                Ok(self.retrying(done, record, error))
+            }
+            Err(error) => {
+                let error = Error::kafka(&done.topic, error);
+                Err(done.failed(error))
+            }
+        }
+    }
+
+    /// The state that tries `record` again after `error`, a retriable failure of its first
+    /// attempt.
+    fn retrying<'a>(&'a self, done: Done<'a>, record: Record, error: KafkaError) -> State<'a> {
+        let retry = self
+            .retry(done.topic.clone(), record, Arc::clone(&done.metrics), error)
+            .instrument(done.span.clone());
+        State::Retrying(done, Box::pin(retry))
+    }
+
+    /// Tries `record` again after `error`, with backoff drawn with full jitter, up to
+    /// `max_attempts` in all. Its headers already carry the trace context.
+    async fn retry(
         &self,
-        topic: &str,
-        record: &Record,
-        extra: &[(&str, &[u8])],
-        metrics: &crate::telemetry::TopicMetrics,
+        topic: String,
+        record: Record,
+        metrics: Arc<TopicMetrics>,
+        mut error: KafkaError,
     ) -> Result<Delivery, Error> {
         let mut backoff = self.backoff.build();
         let mut attempt = 1;
         loop {
-            let result = self.send_once(topic, record, extra).await;
-            let error = match result {
-                Ok(delivery) => return Ok(delivery),
-                Err(error) => error,
-            };
-            let retriable = error.rdkafka_error_code().is_some_and(is_retriable_code);
-            if !retriable || attempt >= self.max_attempts {
-                return Err(Error::kafka(topic, error));
+            if !is_retriable(&error) || attempt >= self.max_attempts {
+                return Err(Error::kafka(&topic, error));
             }
             let ceiling = backoff.next().unwrap_or_default();
             let wait = ceiling.mul_f64(fastrand::f64());
@@ -347,15 +371,30 @@ impl Inner {
             metrics.send_retries.increment(1);
             tokio::time::sleep(wait).await;
             attempt += 1;
+            let result = match self.enqueue(&topic, &record, None) {
+                Ok(delivery) => delivered(delivery.await).map_err(|(error, _)| error),
+                Err(failed) => Err(failed),
+            };
+            match result {
+                Ok((partition, offset)) => {
+                    return Ok(Delivery {
+                        topic,
+                        partition,
+                        offset,
+                    });
+                }
+                Err(failed) => error = failed,
+            }
         }
     }
 
-    async fn send_once(
+    /// Hands `record` to librdkafka, with `traceparent` added to its headers.
+    fn enqueue(
         &self,
         topic: &str,
         record: &Record,
-        extra: &[(&str, &[u8])],
-    ) -> Result<Delivery, KafkaError> {
+        traceparent: Option<&[u8; TRACEPARENT_LEN]>,
+    ) -> Result<DeliveryFuture, KafkaError> {
         let mut future = FutureRecord::<[u8], [u8]>::to(topic).payload(&record.value[..]);
         if let Some(key) = &record.key {
             future = future.key(&key[..]);
@@ -363,21 +402,194 @@ impl Inner {
         if let Some(partition) = record.partition {
             future = future.partition(partition);
         }
+        let extra = traceparent.map(|value| (TRACEPARENT, &value[..]));
         if let Some(headers) = record.kafka_headers(extra) {
             future = future.headers(headers);
         }
-        let delivery = self
-            .client
-            .send_result(future)
-            .map_err(|(error, _)| error)?;
-        match delivery.await {
-            Ok(Ok(delivery)) => Ok(Delivery {
-                topic: topic.to_owned(),
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-            Ok(Err((error, _))) => Err(error),
-            Err(_) => Err(KafkaError::Canceled),
+        self.client.send_result(future).map_err(|(error, _)| error)
+    }
+}
+
+/// The future of [`Producer::send`].
+///
+/// A type of its own rather than an `async fn`, for its size: a caller that keeps thousands of
+/// sends in flight (awaiting them together, as a `FuturesUnordered` does) pays for each one's
+/// future, and an `async fn` keeps its arguments (the record) beside every later state, the
+/// rarely needed retries included. Here the states overlap: the record until librdkafka has
+/// copied it, then the wait for the delivery report, then, only after a retriable failure, a
+/// boxed future that retries. Dropping it abandons the wait; a record already handed to
+/// librdkafka is still delivered.
+#[must_use = "futures do nothing unless polled"]
+pub struct SendFuture<'a> {
+    inner: &'a Inner,
+    state: State<'a>,
+}
+
+enum State<'a> {
+    Start(Record),
+    Waiting(Done<'a>, DeliveryFuture),
+    Retrying(
+        Done<'a>,
+        Pin<Box<dyn Future<Output = Result<Delivery, Error>> + Send + 'a>>,
+    ),
+    Finished,
+}
+
+impl std::fmt::Debug for SendFuture<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            State::Start(_) => "start",
+            State::Waiting(..) => "waiting for the delivery report",
+            State::Retrying(..) => "retrying",
+            State::Finished => "finished",
+        };
+        f.debug_struct("SendFuture")
+            .field("cluster", &self.inner.cluster)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl Future for SendFuture<'_> {
+    type Output = Result<Delivery, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match std::mem::replace(&mut this.state, State::Finished) {
+                State::Start(record) => match this.inner.start(record) {
+                    Ok(state) => this.state = state,
+                    Err(error) => return Poll::Ready(Err(error)),
+                },
+                State::Waiting(done, mut delivery) => {
+                    let report = match Pin::new(&mut delivery).poll(cx) {
+                        Poll::Pending => {
+                            this.state = State::Waiting(done, delivery);
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(report) => report,
+                    };
+                    match delivered(report) {
+                        Ok((partition, offset)) => {
+                            return Poll::Ready(Ok(done.delivered(partition, offset)));
+                        }
+                        Err((error, Some(message)))
+                            if this.inner.max_attempts > 1 && is_retriable(&error) =>
+                        {
+                            let record = again(&done.topic, done.partition, &message);
+                            this.state = this.inner.retrying(done, record, error);
+                        }
+                        Err((error, _)) => {
+                            let error = Error::kafka(&done.topic, error);
+                            return Poll::Ready(Err(done.failed(error)));
+                        }
+                    }
+                }
+                State::Retrying(done, mut retry) => match retry.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        this.state = State::Retrying(done, retry);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(result) => return Poll::Ready(done.finish(result)),
+                },
+                State::Finished => panic!("SendFuture polled after it completed"),
+            }
         }
     }
+}
+
+/// What a send keeps from its first poll to its outcome.
+struct Done<'a> {
+    topic: String,
+    metrics: Arc<TopicMetrics>,
+    ticket: Ticket<'a>,
+    _slot: Slot<'a>,
+    span: tracing::Span,
+    started: Instant,
+    size: usize,
+    /// The partition the caller chose, if any, for a retry.
+    partition: Option<i32>,
+}
+
+impl Done<'_> {
+    /// Records the send's outcome in its metrics, breaker and span, and returns it.
+    fn finish(self, result: Result<Delivery, Error>) -> Result<Delivery, Error> {
+        match result {
+            Ok(delivery) => Ok(self.delivered(delivery.partition, delivery.offset)),
+            Err(error) => Err(self.failed(error)),
+        }
+    }
+
+    fn delivered(self, partition: i32, offset: i64) -> Delivery {
+        self.record_duration();
+        self.metrics.sent.increment(1);
+        self.metrics.sent_bytes.increment(self.size as u64);
+        self.span
+            .record("messaging.destination.partition.id", partition);
+        self.span.record("messaging.kafka.offset", offset);
+        self.ticket.record(true);
+        Delivery {
+            topic: self.topic,
+            partition,
+            offset,
+        }
+    }
+
+    fn failed(self, error: Error) -> Error {
+        self.record_duration();
+        crate::telemetry::error(&self.topic, "send", error.kind_name());
+        self.span.record("error.type", error.kind_name());
+        tracing::debug!(parent: &self.span, %error, "send failed");
+        // Only failures that say the cluster is unwell count against it; a record the broker
+        // refused for itself (too large, bad topic) says nothing about the cluster.
+        self.ticket.record(!error.is_retriable());
+        error
+    }
+
+    fn record_duration(&self) {
+        self.metrics
+            .send_duration
+            .record(crate::telemetry::seconds(self.started.elapsed()));
+    }
+}
+
+/// The record librdkafka gave back with a failed delivery report, to send again: its key, value
+/// and headers (the trace context among them) as they were sent.
+fn again(topic: &str, partition: Option<i32>, message: &OwnedMessage) -> Record {
+    let mut record = Record::new(
+        topic,
+        Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+    );
+    record.key = message.key().map(Bytes::copy_from_slice);
+    record.partition = partition;
+    if let Some(headers) = message.headers() {
+        record.headers = headers
+            .iter()
+            .map(|header| {
+                let value = header.value.map(Bytes::copy_from_slice).unwrap_or_default();
+                (header.key.to_owned(), value)
+            })
+            .collect();
+    }
+    record
+}
+
+/// A failed delivery: the error, and the message librdkafka gave back (none if cancelled).
+type Failed = (KafkaError, Option<Box<OwnedMessage>>);
+
+/// The partition and offset of a delivery report; a failure keeps the message librdkafka gave
+/// back.
+fn delivered<Canceled>(
+    report: Result<OwnedDeliveryResult, Canceled>,
+) -> Result<(i32, i64), Failed> {
+    match report {
+        Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+        // Boxed: a failure is rare, and the success path should not carry its size.
+        Ok(Err((error, message))) => Err((error, Some(Box::new(message)))),
+        Err(_) => Err((KafkaError::Canceled, None)),
+    }
+}
+
+fn is_retriable(error: &KafkaError) -> bool {
+    error.rdkafka_error_code().is_some_and(is_retriable_code)
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::propagation::Extractor;
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders};
 
 /// One Kafka record: a logical topic, an optional key, a value and headers; for a received
@@ -180,34 +180,25 @@ impl Record {
     }
 
     /// librdkafka's headers for this record, plus `extra` ones.
-    pub(crate) fn kafka_headers(&self, extra: &[(&str, &[u8])]) -> Option<OwnedHeaders> {
-        if self.headers.is_empty() && extra.is_empty() {
+    pub(crate) fn kafka_headers(&self, extra: Option<(&str, &[u8])>) -> Option<OwnedHeaders> {
+        if self.headers.is_empty() && extra.is_none() {
             return None;
         }
-        let mut headers = OwnedHeaders::new_with_capacity(self.headers.len() + extra.len());
+        let mut headers =
+            OwnedHeaders::new_with_capacity(self.headers.len() + usize::from(extra.is_some()));
         for (name, value) in &self.headers {
             headers = headers.insert(Header {
                 key: name,
                 value: Some(&value[..]),
             });
         }
-        for (name, value) in extra {
+        if let Some((name, value)) = extra {
             headers = headers.insert(Header {
                 key: name,
-                value: Some(*value),
+                value: Some(value),
             });
         }
         Some(headers)
-    }
-}
-
-/// The headers of a record as OpenTelemetry's propagators read and write them.
-pub(crate) struct HeaderCarrier<'a>(pub(crate) &'a mut Vec<(String, Bytes)>);
-
-impl Injector for HeaderCarrier<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.retain(|(name, _)| name != key);
-        self.0.push((key.to_owned(), Bytes::from(value)));
     }
 }
 

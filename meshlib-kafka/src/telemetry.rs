@@ -30,7 +30,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceState};
 use opentelemetry::{Context, SpanId, TraceFlags, TraceId};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -122,19 +122,32 @@ impl SpanIds {
         ))
     }
 
-    /// Writes `traceparent` (and `tracestate` when there is one) through OpenTelemetry's W3C
-    /// propagator.
-    pub(crate) fn inject(self, headers: &mut dyn Injector) {
-        let context = Context::new().with_remote_span_context(SpanContext::new(
-            self.trace_id,
-            self.span_id,
-            self.flags,
-            true,
-            TraceState::default(),
-        ));
-        TraceContextPropagator::new().inject_context(&context, headers);
+    /// The W3C `traceparent` value for this span: `00-{trace id}-{span id}-{flags}` in lowercase
+    /// hex. Written by hand on the stack rather than through OpenTelemetry's propagator, which
+    /// builds a context and formats a `String` per record; a span made here has no `tracestate`
+    /// to carry. A unit test holds it to the propagator's output.
+    pub(crate) fn traceparent(self) -> [u8; TRACEPARENT_LEN] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut value = [b'-'; TRACEPARENT_LEN];
+        let mut at = 0;
+        let mut put = |bytes: &[u8], value: &mut [u8; TRACEPARENT_LEN]| {
+            for byte in bytes {
+                value[at] = HEX[usize::from(byte >> 4)];
+                value[at + 1] = HEX[usize::from(byte & 0xf)];
+                at += 2;
+            }
+            at += 1; // the dash
+        };
+        put(&[0], &mut value);
+        put(&self.trace_id.to_bytes(), &mut value);
+        put(&self.span_id.to_bytes(), &mut value);
+        put(&[self.flags.to_u8()], &mut value);
+        value
     }
 }
+
+/// The length of a version-00 `traceparent` value.
+pub(crate) const TRACEPARENT_LEN: usize = 55;
 
 /// The context a record's headers carry; empty (a new trace) when they carry none or a
 /// malformed one.
@@ -178,7 +191,7 @@ impl TopicMetrics {
 /// Metric handles by topic, registered on a topic's first record.
 #[derive(Default)]
 pub(crate) struct MetricsCache {
-    topics: RwLock<HashMap<Arc<str>, TopicMetrics>>,
+    topics: RwLock<HashMap<Arc<str>, Arc<TopicMetrics>>>,
     group: Option<String>,
 }
 
@@ -190,16 +203,18 @@ impl MetricsCache {
         }
     }
 
-    pub(crate) fn topic(&self, topic: &str) -> TopicMetrics {
+    /// The handles of `topic`'s metrics: one `Arc` to clone per record rather than one handle
+    /// per metric.
+    pub(crate) fn topic(&self, topic: &str) -> Arc<TopicMetrics> {
         if let Some(metrics) = self
             .topics
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(topic)
         {
-            return metrics.clone();
+            return Arc::clone(metrics);
         }
-        let metrics = TopicMetrics::new(topic, self.group.as_deref());
+        let metrics = Arc::new(TopicMetrics::new(topic, self.group.as_deref()));
         self.topics
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -227,4 +242,37 @@ pub(crate) fn breaker_state(cluster: &str, state: meshlib::breaker::BreakerState
 /// Seconds, as OpenTelemetry's duration histograms are measured.
 pub(crate) fn seconds(duration: Duration) -> f64 {
     duration.as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn traceparent_is_what_the_w3c_propagator_writes() {
+        for flags in [TraceFlags::SAMPLED, TraceFlags::default()] {
+            let ids = SpanIds {
+                trace_id: TraceId::from(fastrand::u128(1..)),
+                span_id: SpanId::from(fastrand::u64(1..)),
+                flags,
+            };
+            let context = Context::new().with_remote_span_context(SpanContext::new(
+                ids.trace_id,
+                ids.span_id,
+                ids.flags,
+                true,
+                TraceState::default(),
+            ));
+            let mut headers = HashMap::new();
+            TraceContextPropagator::new().inject_context(&context, &mut headers);
+            assert_eq!(
+                std::str::from_utf8(&ids.traceparent()).unwrap(),
+                headers[TRACEPARENT]
+            );
+            // The propagator writes an empty `tracestate`; a record is better without one.
+            assert_eq!(headers.get("tracestate").map(String::as_str), Some(""));
+        }
+    }
 }

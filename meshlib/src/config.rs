@@ -1023,7 +1023,7 @@ impl MeshConfig {
                     "a service has the same name: clusters and services share one namespace",
                 ));
             }
-            cluster.validate(name)?;
+            cluster.validate(name, has_identity)?;
             if let Some(discovery) = &cluster.discovery {
                 validate_discovery(discovery, &|key| format!("kafka.{name}.{key}"))?;
             }

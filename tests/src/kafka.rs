@@ -51,11 +51,14 @@ impl Seen {
 
     /// Waits until `done` holds for the records seen, up to `within`; panics naming what was
     /// seen otherwise.
+    ///
+    /// `done` is given a copy: it may look at this `Seen` again (or at another one) without
+    /// deadlocking on the lock a consumer's handler needs to push.
     pub async fn wait_for(&self, within: Duration, done: impl Fn(&[Record]) -> bool) {
         let wait = async {
             loop {
                 let changed = self.changed.notified();
-                if done(&self.records.lock().unwrap()) {
+                if done(&self.records()) {
                     return;
                 }
                 // Notifications can race with the check; a short tick covers that.

@@ -19,6 +19,10 @@ fn invalid_sections_name_the_key() {
         "kafka.events.tls.key: is missing: a client certificate needs both cert and key"
     );
     assert_eq!(
+        error("[kafka.events]\nconsumer.session_timeout = \"0s\"\n"),
+        "kafka.events.consumer.session_timeout: 0ns is outside 1ms to 1h"
+    );
+    assert_eq!(
         error("[kafka.events]\nproducer.retry.max_attempts = 0\n"),
         "kafka.events.producer.retry.max_attempts: 0 attempts would do nothing: use 1 to turn retries off"
     );

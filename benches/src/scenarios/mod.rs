@@ -7,6 +7,7 @@
 
 mod failover;
 pub(crate) mod grpc_overhead;
+mod kafka_produce;
 mod lb_scale;
 mod mtls;
 mod overhead;
@@ -69,6 +70,11 @@ pub const ALL: &[Scenario] = &[
         name: "retry-storm",
         about: "three endpoints answering 503: retry amplification without a budget vs with the default",
         run: retry_storm::run,
+    },
+    Scenario {
+        name: "kafka-produce",
+        about: "rdkafka BaseProducer, FutureProducer and the meshlib producer (telemetry on): records/s",
+        run: kafka_produce::run,
     },
     Scenario {
         name: "failover",

@@ -27,7 +27,8 @@ pub struct KafkaConfig {
     pub client_id: Option<String>,
     /// This process's own labels (`version = "v2"`), which topic routes match. None by default.
     pub labels: BTreeMap<String, String>,
-    /// TLS to the brokers, from certificate files; plaintext when absent.
+    /// TLS to the brokers; plaintext when absent. What [`KafkaTlsConfig`] leaves out comes from
+    /// the mesh's `[identity]`, so that Kafka and HTTP present the same certificate.
     pub tls: Option<KafkaTlsConfig>,
     /// How records are sent.
     pub producer: KafkaProducerConfig,
@@ -41,27 +42,38 @@ pub struct KafkaConfig {
     pub librdkafka: BTreeMap<String, String>,
 }
 
-/// Certificate files for TLS to the brokers, all PEM: the CA that signed the brokers'
-/// certificates and, for mutual TLS, this client's certificate and key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// TLS to the brokers, from PEM files: the CA that signed the brokers' certificates and, for
+/// mutual TLS, this client's certificate and key.
+///
+/// Each file left out comes from the mesh's `[identity]`: `ca` from its trust bundle, `cert` and
+/// `key` from its certificate and key. `tls = {}` is therefore "TLS with the mesh identity", the
+/// same certificate the HTTP stacks present, checked against the same roots; a broker signed by
+/// another CA takes `ca` alone. Without an identity, `ca` is required and the client presents no
+/// certificate unless `cert` and `key` are given.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct KafkaTlsConfig {
-    /// The CA certificate(s) the brokers' certificates must chain to.
-    pub ca: PathBuf,
-    /// This client's certificate, for mutual TLS; with `key`.
-    #[serde(default)]
+    /// The CA certificate(s) the brokers' certificates must chain to. Default: the mesh
+    /// identity's trust bundle.
+    pub ca: Option<PathBuf>,
+    /// This client's certificate, for mutual TLS; with `key`. Default: the mesh identity's.
     pub cert: Option<PathBuf>,
-    /// This client's private key, for mutual TLS; with `cert`.
-    #[serde(default)]
+    /// This client's private key, for mutual TLS; with `cert`. Default: the mesh identity's.
     pub key: Option<PathBuf>,
 }
 
 impl KafkaTlsConfig {
-    /// TLS that verifies the brokers against `ca`, without a client certificate.
+    /// TLS with the mesh's identity: its bundle as the CA, its certificate and key presented.
+    pub fn from_identity() -> Self {
+        Self::default()
+    }
+
+    /// TLS that verifies the brokers against `ca`, presenting the mesh identity's certificate if
+    /// the mesh has one.
     pub fn new(ca: impl Into<PathBuf>) -> Self {
         Self {
-            ca: ca.into(),
+            ca: Some(ca.into()),
             cert: None,
             key: None,
         }
@@ -191,6 +203,13 @@ pub struct KafkaConsumerConfig {
     /// `"0s"` turns lag metrics off.
     #[serde(with = "humantime_serde")]
     pub lag_interval: Duration,
+    /// How long the group waits for a member that stopped heartbeating before giving its
+    /// partitions to others (`session.timeout.ms`); heartbeats go every third of it, at most every
+    /// 3 s. Default 45 s, as librdkafka and Kafka since 3.0. A member that leaves cleanly (the
+    /// consumer stopped or dropped) is gone at once; this bounds how long a crashed one holds its
+    /// partitions.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
 }
 
 impl Default for KafkaConsumerConfig {
@@ -204,6 +223,7 @@ impl Default for KafkaConsumerConfig {
             pause_max: Duration::from_secs(30),
             commit_interval: Duration::from_secs(5),
             lag_interval: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(45),
         }
     }
 }
@@ -291,7 +311,9 @@ pub(crate) fn is_topic_name(name: &str) -> bool {
 }
 
 impl KafkaConfig {
-    pub(crate) fn validate(&self, name: &str) -> Result<(), ConfigError> {
+    /// Checks the cluster's settings; `has_identity` says whether the mesh has an identity that
+    /// TLS settings left out would come from.
+    pub(crate) fn validate(&self, name: &str, has_identity: bool) -> Result<(), ConfigError> {
         let at = |key: &str| format!("kafka.{name}.{key}");
         if name.is_empty() {
             return Err(ConfigError::new("kafka", "a cluster name is empty"));
@@ -301,14 +323,26 @@ impl KafkaConfig {
         {
             return Err(ConfigError::new(at("client_id"), "is empty"));
         }
-        if let Some(tls) = &self.tls
-            && tls.cert.is_some() != tls.key.is_some()
-        {
-            let missing = if tls.cert.is_none() { "cert" } else { "key" };
-            return Err(ConfigError::new(
-                at(&format!("tls.{missing}")),
-                "is missing: a client certificate needs both cert and key",
-            ));
+        if let Some(tls) = &self.tls {
+            if tls.cert.is_some() != tls.key.is_some() {
+                let missing = if tls.cert.is_none() { "cert" } else { "key" };
+                return Err(ConfigError::new(
+                    at(&format!("tls.{missing}")),
+                    "is missing: a client certificate needs both cert and key",
+                ));
+            }
+            if tls.ca.is_none() && !has_identity {
+                return Err(ConfigError::new(
+                    at("tls.ca"),
+                    "is missing, and the mesh has no [identity] whose trust bundle would stand \
+                     in: give the CA that signed the brokers' certificates, or an [identity]",
+                ));
+            }
+            for (key, path) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+                if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                    return Err(ConfigError::new(at(&format!("tls.{key}")), "is empty"));
+                }
+            }
         }
         let producer = &self.producer;
         for (key, value) in [
@@ -319,6 +353,14 @@ impl KafkaConfig {
             if value.is_zero() {
                 return Err(ConfigError::new(at(key), "must be greater than zero"));
             }
+        }
+        // librdkafka's range for session.timeout.ms, at millisecond resolution.
+        let session = self.consumer.session_timeout;
+        if session < Duration::from_millis(1) || session > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                at("consumer.session_timeout"),
+                format_args!("{session:?} is outside 1ms to 1h"),
+            ));
         }
         if producer.max_in_flight_bytes == 0 || producer.max_in_flight_records == 0 {
             let key = if producer.max_in_flight_bytes == 0 {
@@ -472,8 +514,10 @@ impl KafkaConfig {
             relative(path);
         }
         if let Some(tls) = &mut self.tls {
-            relative(&mut tls.ca);
-            for path in [&mut tls.cert, &mut tls.key].into_iter().flatten() {
+            for path in [&mut tls.ca, &mut tls.cert, &mut tls.key]
+                .into_iter()
+                .flatten()
+            {
                 relative(path);
             }
         }

@@ -184,6 +184,17 @@ impl Identity {
             .unwrap_or_default()
     }
 
+    /// The files this identity is read from and watched in; `None` for one made from PEM.
+    ///
+    /// For clients that load certificates themselves, such as librdkafka's `ssl.*` settings in
+    /// meshlib-kafka, so that they present the same identity as the mesh's own stacks.
+    pub fn files(&self) -> Option<IdentityConfig> {
+        self.shared
+            .files
+            .as_ref()
+            .map(|files| IdentityConfig::new(&*files.cert, &*files.key, &*files.bundle))
+    }
+
     /// Reads the files now, as the watcher would. `Ok` if the identity in them is in use (new or
     /// unchanged); otherwise the error, with the previous identity still in use. An identity
     /// from PEM has nothing to reload and returns `Ok`.
