@@ -10,6 +10,7 @@ use meshlib::Mesh;
 use meshlib::breaker::{Breaker, BreakerState, Transition};
 use meshlib::config::{BreakerConfig, KafkaConfig};
 use meshlib::discovery::{Change, Changes, Endpoint};
+use opentelemetry_sdk::trace::SdkTracer;
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -42,6 +43,8 @@ pub(crate) struct ClusterInner {
     tls: Vec<(&'static str, String)>,
     pub(crate) schemas: Schemas,
     pub(crate) breaker: Arc<ClusterBreaker>,
+    /// The mesh's tracer, for the `send` and `process` spans; `None` with tracing off.
+    pub(crate) tracer: Option<SdkTracer>,
     follower: tokio::task::JoinHandle<()>,
 }
 
@@ -132,6 +135,7 @@ impl KafkaCluster {
                 bootstrap,
                 tls,
                 schemas,
+                tracer: mesh.tracer(),
                 follower,
             }),
             labels,

@@ -41,7 +41,10 @@ use std::time::Duration;
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use futures_util::FutureExt as _;
 use meshlib::config::{KafkaConsumerConfig, StartOffset};
+use opentelemetry::KeyValue;
 use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::SpanKind;
+use opentelemetry_sdk::trace::SdkTracer;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -55,7 +58,7 @@ use crate::error::BoxError;
 use crate::record::HeaderView;
 use crate::route::TopicRoutes;
 use crate::schema::Schemas;
-use crate::telemetry::{MetricsCache, SpanIds};
+use crate::telemetry::{MessagingSpan, MetricsCache, SpanIds, span_attributes};
 use crate::{Error, Producer, Record};
 
 /// Headers a dead-lettered record gains, next to its own.
@@ -238,6 +241,8 @@ pub struct Consumer {
     group: String,
     routes: TopicRoutes,
     schemas: Schemas,
+    /// The mesh's tracer, for the `process` spans; `None` with tracing off.
+    tracer: Option<SdkTracer>,
     config: KafkaConsumerConfig,
     dead_letters: Producer,
     metrics: MetricsCache,
@@ -328,6 +333,7 @@ impl Consumer {
             schemas: cluster.inner.schemas.clone(),
             dead_letters: cluster.producer()?,
             metrics: MetricsCache::for_group(&group),
+            tracer: cluster.inner.tracer.clone(),
             group,
             config,
         })
@@ -468,7 +474,34 @@ impl Consumer {
         let mut attempts = 0;
         let started = Instant::now();
         loop {
-            let ids = SpanIds::child_of(&parent);
+            let otel = self.tracer.as_ref().map(|tracer| {
+                let mut attributes = span_attributes(
+                    "process",
+                    &topic,
+                    record.key_str().filter(|key| !key.is_empty()),
+                );
+                attributes.extend([
+                    KeyValue::new(
+                        "messaging.destination.partition.id",
+                        record.partition.unwrap_or(-1).to_string(),
+                    ),
+                    KeyValue::new("messaging.kafka.offset", record.offset.unwrap_or(-1)),
+                    KeyValue::new("messaging.consumer.group.name", self.group.to_string()),
+                ]);
+                MessagingSpan::start(
+                    tracer,
+                    format!("process {topic}"),
+                    SpanKind::Consumer,
+                    &parent,
+                    attributes,
+                )
+            });
+            let ids = otel
+                .as_ref()
+                .map_or_else(|| SpanIds::child_of(&parent), MessagingSpan::ids);
+            let context = otel
+                .as_ref()
+                .map_or_else(|| ids.context(), MessagingSpan::context);
             let span = tracing::info_span!(
                 "process",
                 otel.name = %format_args!("process {topic}"),
@@ -487,11 +520,14 @@ impl Consumer {
             );
             let outcome = AssertUnwindSafe(handler(record.clone()))
                 .catch_unwind()
-                .with_context(ids.context())
+                .with_context(context)
                 .instrument(span.clone())
                 .await;
             let error = match outcome {
                 Ok(Ok(())) => {
+                    if let Some(otel) = otel {
+                        otel.end(Vec::new(), None);
+                    }
                     *pauses = 0;
                     metrics
                         .process_duration
@@ -508,14 +544,15 @@ impl Consumer {
                     HandlerError::reject(format!("the handler panicked: {message}"))
                 }
             };
-            span.record(
-                "error.type",
-                match error.kind {
-                    HandlerErrorKind::Retry => "retry",
-                    HandlerErrorKind::Reject => "reject",
-                    HandlerErrorKind::Unavailable => "unavailable",
-                },
-            );
+            let error_type = match error.kind {
+                HandlerErrorKind::Retry => "retry",
+                HandlerErrorKind::Reject => "reject",
+                HandlerErrorKind::Unavailable => "unavailable",
+            };
+            span.record("error.type", error_type);
+            if let Some(otel) = otel {
+                otel.end(Vec::new(), Some(error_type));
+            }
             match error.kind {
                 HandlerErrorKind::Unavailable => {
                     tracing::info!(parent: &span, error = %error, "downstream unavailable; pausing");

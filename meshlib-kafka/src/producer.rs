@@ -31,6 +31,9 @@ use backon::{BackoffBuilder as _, ExponentialBuilder};
 use bytes::Bytes;
 use meshlib::config::RateLimitConfig;
 use meshlib::limit::RateLimit;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+use opentelemetry_sdk::trace::SdkTracer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers as _, Message as _, OwnedMessage};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
@@ -44,7 +47,10 @@ use crate::error::is_retriable_code;
 use crate::record::Delivery;
 use crate::route::TopicRoutes;
 use crate::schema::Schemas;
-use crate::telemetry::{MetricsCache, SpanIds, TRACEPARENT, TRACEPARENT_LEN, TopicMetrics};
+use crate::telemetry::{
+    MessagingSpan, MetricsCache, SpanIds, TRACEPARENT, TRACEPARENT_LEN, TopicMetrics,
+    span_attributes,
+};
 use crate::{Error, Record};
 
 /// Sends records to a Kafka cluster with the mesh's policies. Cheap to clone; clones share the
@@ -69,6 +75,7 @@ struct Inner {
     max_attempts: u32,
     backoff: ExponentialBuilder,
     metrics: MetricsCache,
+    tracer: Option<SdkTracer>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -145,6 +152,7 @@ impl Producer {
                     .with_max_delay(config.retry.backoff_max)
                     .without_max_times(),
                 metrics: MetricsCache::default(),
+                tracer: cluster.inner.tracer.clone(),
             }),
         })
     }
@@ -288,7 +296,27 @@ impl Inner {
         let routed = (!std::ptr::eq(topic, record.topic.as_str())).then(|| topic.to_owned());
         let topic = routed.unwrap_or_else(|| std::mem::take(&mut record.topic));
 
-        let ids = SpanIds::child_of_current();
+        let otel = self.tracer.as_ref().map(|tracer| {
+            let mut attributes = span_attributes(
+                "send",
+                &topic,
+                record.key_str().filter(|key| !key.is_empty()),
+            );
+            attributes.push(KeyValue::new(
+                "messaging.client.id",
+                self.cluster.to_string(),
+            ));
+            MessagingSpan::start(
+                tracer,
+                format!("send {topic}"),
+                SpanKind::Producer,
+                &opentelemetry::Context::current(),
+                attributes,
+            )
+        });
+        let ids = otel
+            .as_ref()
+            .map_or_else(SpanIds::child_of_current, MessagingSpan::ids);
         let span = tracing::info_span!(
             "send",
             otel.name = %format_args!("send {topic}"),
@@ -316,6 +344,7 @@ impl Inner {
             ticket,
             _slot: slot,
             span,
+            otel,
             started: Instant::now(),
             size,
             partition: record.partition,
@@ -505,6 +534,8 @@ struct Done<'a> {
     ticket: Ticket<'a>,
     _slot: Slot<'a>,
     span: tracing::Span,
+    /// The OpenTelemetry span, with the mesh's tracing on.
+    otel: Option<MessagingSpan>,
     started: Instant,
     size: usize,
     /// The partition the caller chose, if any, for a retry.
@@ -527,6 +558,15 @@ impl Done<'_> {
         self.span
             .record("messaging.destination.partition.id", partition);
         self.span.record("messaging.kafka.offset", offset);
+        if let Some(otel) = self.otel {
+            otel.end(
+                vec![
+                    KeyValue::new("messaging.destination.partition.id", partition.to_string()),
+                    KeyValue::new("messaging.kafka.offset", offset),
+                ],
+                None,
+            );
+        }
         self.ticket.record(true);
         Delivery {
             topic: self.topic,
@@ -535,10 +575,13 @@ impl Done<'_> {
         }
     }
 
-    fn failed(self, error: Error) -> Error {
+    fn failed(mut self, error: Error) -> Error {
         self.record_duration();
         crate::telemetry::error(&self.topic, "send", error.kind_name());
         self.span.record("error.type", error.kind_name());
+        if let Some(otel) = self.otel.take() {
+            otel.end(Vec::new(), Some(error.kind_name()));
+        }
         tracing::debug!(parent: &self.span, %error, "send failed");
         // Only failures that say the cluster is unwell count against it; a record the broker
         // refused for itself (too large, bad topic) says nothing about the cluster.

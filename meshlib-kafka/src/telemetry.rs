@@ -15,11 +15,11 @@
 //! with its context current, so the handler's own meshlib calls continue it too: one trace spans
 //! HTTP → Kafka → consumer → HTTP.
 //!
-//! SEAM (telemetry branch): until core's OpenTelemetry tracer lands, the span ids made here are
-//! recorded on the `tracing` spans (`trace_id`, `span_id`) and propagated, but no OpenTelemetry
-//! span is exported for them. [`SpanIds::child_of_current`] and [`SpanIds::child_of`] are the two
-//! places to replace with spans started from the mesh's tracer; the header format and the
-//! handler's context stay as they are.
+//! With the mesh's tracing on ([`meshlib::Mesh::tracer`]), the spans are OpenTelemetry spans of
+//! the mesh's tracer (kind producer and consumer), sampled and exported with its HTTP and gRPC
+//! spans, and the `traceparent` a record carries names the `send` span. With tracing off, a send
+//! still makes the ids of a span and carries them, so that the trace of a traced caller crosses
+//! an untraced hop.
 //!
 //! **Metrics** go through the `metrics` facade: OpenTelemetry's messaging metric names where
 //! there is one, `meshlib.kafka.*` for the mesh's own. Handles for a topic are registered once and
@@ -31,9 +31,12 @@ use std::time::Duration;
 
 use metrics::{Counter, Histogram};
 use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
-use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceState};
-use opentelemetry::{Context, SpanId, TraceFlags, TraceId};
+use opentelemetry::trace::{
+    SpanContext, SpanKind, Status, TraceContextExt as _, TraceState, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue, SpanId, TraceFlags, TraceId};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracer;
 
 /// Metric names.
 pub mod names {
@@ -144,6 +147,75 @@ impl SpanIds {
         put(&[self.flags.to_u8()], &mut value);
         value
     }
+}
+
+/// A `send` or `process` span of the mesh's tracer, ended with its outcome (or when dropped).
+pub(crate) struct MessagingSpan(Context);
+
+impl MessagingSpan {
+    /// Starts `name` under `parent` with `attributes` (messaging's, plus what the caller adds).
+    pub(crate) fn start(
+        tracer: &SdkTracer,
+        name: String,
+        kind: SpanKind,
+        parent: &Context,
+        attributes: Vec<KeyValue>,
+    ) -> Self {
+        let span = tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attributes)
+            .start_with_context(tracer, parent);
+        Self(parent.with_span(span))
+    }
+
+    /// The span's ids, for the record's `traceparent` and the `tracing` span's fields.
+    pub(crate) fn ids(&self) -> SpanIds {
+        let span = self.0.span();
+        let context = span.span_context();
+        SpanIds {
+            trace_id: context.trace_id(),
+            span_id: context.span_id(),
+            flags: context.trace_flags(),
+        }
+    }
+
+    /// The context whose span this is, for the work done under it.
+    pub(crate) fn context(&self) -> Context {
+        self.0.clone()
+    }
+
+    /// Records `attributes` and, for a failure, its `error.type` and an error status; ends it.
+    pub(crate) fn end(self, attributes: Vec<KeyValue>, error_type: Option<&'static str>) {
+        let span = self.0.span();
+        if !span.is_recording() {
+            return;
+        }
+        span.set_attributes(attributes);
+        if let Some(error_type) = error_type {
+            span.set_attribute(KeyValue::new(attr::ERROR_TYPE, error_type));
+            span.set_status(Status::error(""));
+        }
+        span.end();
+    }
+}
+
+/// The messaging attributes every Kafka span has, plus the destination and, if there is one,
+/// the record's key.
+pub(crate) fn span_attributes(
+    operation: &'static str,
+    topic: &str,
+    key: Option<&str>,
+) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(8);
+    attributes.push(KeyValue::new(attr::SYSTEM, "kafka"));
+    attributes.push(KeyValue::new(attr::OPERATION, operation));
+    attributes.push(KeyValue::new("messaging.operation.name", operation));
+    attributes.push(KeyValue::new(attr::DESTINATION, topic.to_owned()));
+    if let Some(key) = key {
+        attributes.push(KeyValue::new("messaging.kafka.message.key", key.to_owned()));
+    }
+    attributes
 }
 
 /// The length of a version-00 `traceparent` value.

@@ -368,6 +368,13 @@ impl Mesh {
         servers
     }
 
+    /// The tracer this mesh makes its spans with; `None` with tracing off. For integrations that
+    /// make spans of their own, such as meshlib-kafka's `send` and `process` spans, so that they
+    /// are sampled, exported and flushed with the mesh's.
+    pub fn tracer(&self) -> Option<crate::telemetry::otel::opentelemetry_sdk::trace::SdkTracer> {
+        self.inner.telemetry.tracer().cloned()
+    }
+
     /// Exports the spans that are finished and not exported yet, and waits until the exporter
     /// has sent them: before a process exits, or before a test reads an exporter.
     ///

@@ -181,7 +181,7 @@ impl Telemetry {
         }
     }
 
-    fn tracer(&self) -> Option<&SdkTracer> {
+    pub(crate) fn tracer(&self) -> Option<&SdkTracer> {
         self.tracer.as_ref()
     }
 
