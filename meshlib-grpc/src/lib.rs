@@ -36,7 +36,8 @@
 //!
 //! meshlib's own client spans of a gRPC call (the request span and each attempt's) carry
 //! OpenTelemetry's RPC attributes beside the HTTP ones: `rpc.system = "grpc"`, `rpc.service`
-//! and `rpc.method`. For an application's `tracing` spans, if the current span declares them,
+//! and `rpc.method`, and each attempt span its `rpc.grpc.status_code` (from the response's head,
+//! or from its trailers, when the attempt's span ends with the stream). For an application's `tracing` spans, if the current span declares them,
 //! the channel records the same three fields on it (parsing the path only when there is such a
 //! span), and the core records `rpc.grpc.status_code` on the span current when the attempt was
 //! sent, once the status is known.

@@ -41,6 +41,8 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, Response, StatusCode};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Status, TraceContextExt as _};
 
 use crate::Error;
 use crate::balance::InFlight;
@@ -200,6 +202,8 @@ pub(crate) struct EndOfStream {
     /// The span that was current when the request was sent, where the status is recorded as
     /// `rpc.grpc.status_code` if the span has that field (telemetry's hook).
     span: tracing::Span,
+    /// OpenTelemetry spans (the attempt's) that end with the stream, with its status.
+    otel_spans: Vec<opentelemetry::Context>,
 }
 
 impl EndOfStream {
@@ -212,18 +216,42 @@ impl EndOfStream {
             in_flight,
             classifier,
             span,
+            otel_spans: Vec::new(),
         }
+    }
+
+    /// Ends the span of `cx` with the stream, recording its gRPC status.
+    pub(crate) fn end_span(&mut self, cx: opentelemetry::Context) {
+        self.otel_spans.push(cx);
     }
 
     /// The body ended, with these trailers if it had any.
     pub(crate) fn end(self, trailers: Option<&HeaderMap>) {
         let (class, code) = self.classifier.grpc_trailers(trailers);
         record_code(&self.span, code);
+        for cx in &self.otel_spans {
+            let span = cx.span();
+            span.set_attribute(KeyValue::new(
+                "rpc.grpc.status_code",
+                i64::from(code.number()),
+            ));
+            if !class.is_success() {
+                span.set_attribute(KeyValue::new("error.type", code.name()));
+                span.set_status(Status::error(""));
+            }
+            span.end();
+        }
         self.in_flight.finish(class);
     }
 
     /// The body failed before its end: the stream was reset or the connection lost.
     pub(crate) fn failed(self) {
+        for cx in &self.otel_spans {
+            let span = cx.span();
+            span.set_attribute(KeyValue::new("error.type", "connection_lost"));
+            span.set_status(Status::error(""));
+            span.end();
+        }
         self.in_flight.finish(Class::Failure);
     }
 }

@@ -1,11 +1,12 @@
 //! A gRPC call through the mesh channel is traced with OpenTelemetry's RPC attributes beside the
 //! HTTP ones: `rpc.system = "grpc"`, `rpc.service` and `rpc.method`, on the request span and on
-//! each attempt span.
+//! each attempt span, and each attempt's `rpc.grpc.status_code`, whether the status came in the
+//! response's head or in its trailers.
 
 use std::time::Duration;
 
 use meshlib_tests::grpc::{ECHO_SERVICE, GrpcServer, grpc_service_toml, unary};
-use meshlib_tests::telemetry::{children, text_attribute, traced_mesh};
+use meshlib_tests::telemetry::{children, int_attribute, text_attribute, traced_mesh};
 use opentelemetry::trace::{SpanId, SpanKind};
 use opentelemetry_sdk::trace::InMemorySpanExporter;
 use tonic::Code;
@@ -40,6 +41,7 @@ async fn grpc_calls_carry_the_rpc_attributes() {
     let requests = children(&spans, SpanId::INVALID, SpanKind::Client);
     assert_eq!(requests.len(), 2, "{spans:#?}");
     let mut attempts = 0;
+    let mut codes = Vec::new();
     for request in &requests {
         let mut traced = vec![request.clone()];
         traced.extend(children(
@@ -48,6 +50,11 @@ async fn grpc_calls_carry_the_rpc_attributes() {
             SpanKind::Client,
         ));
         attempts += traced.len() - 1;
+        codes.extend(
+            traced[1..]
+                .iter()
+                .map(|attempt| int_attribute(attempt, "rpc.grpc.status_code")),
+        );
         for span in &traced {
             assert_eq!(text_attribute(span, "rpc.system").as_deref(), Some("grpc"));
             assert_eq!(
@@ -65,4 +72,7 @@ async fn grpc_calls_carry_the_rpc_attributes() {
         attempts, 3,
         "two attempts of the first call, one of the second"
     );
+    codes.sort_unstable();
+    // UNAVAILABLE (14) twice in trailers-only answers, OK (0) in the trailers of a streamed one.
+    assert_eq!(codes, [Some(0), Some(14), Some(14)]);
 }

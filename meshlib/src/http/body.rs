@@ -97,6 +97,24 @@ impl Body {
         }
     }
 
+    /// Ends the span of `cx` when this body ends, with the gRPC status of its trailers, if its
+    /// status is still to come; else hands `cx` back.
+    pub(crate) fn end_span_at_status(
+        &mut self,
+        cx: opentelemetry::Context,
+    ) -> Option<opentelemetry::Context> {
+        match &mut self.kind {
+            Kind::Classified(classified) => match &mut classified.1 {
+                Some(end) => {
+                    end.end_span(cx);
+                    None
+                }
+                None => Some(cx),
+            },
+            _ => Some(cx),
+        }
+    }
+
     /// A copy of a body held in memory; `None` for one that streams.
     pub(crate) fn try_clone(&self) -> Option<Body> {
         match &self.kind {

@@ -327,7 +327,8 @@ impl<'a> Outcome<'a> {
     }
 
     /// Records the outcome on the span of `cx` and ends it.
-    fn end_span(&self, cx: &Context, endpoint: Option<SocketAddr>) {
+    /// Records the outcome on the span of `cx`, which its caller ends.
+    fn record_on_span(&self, cx: &Context, endpoint: Option<SocketAddr>) {
         let span = cx.span();
         // An unsampled span records nothing: skip building what it would throw away.
         if span.is_recording() {
@@ -347,16 +348,27 @@ impl<'a> Outcome<'a> {
             let error_type = self
                 .error_type()
                 .map(|error_type| KeyValue::new("error.type", error_type));
+            // A gRPC status in the head (a trailers-only answer); one in trailers is recorded
+            // when the body ends (`Body::end_span_at_status`).
+            let grpc_code = match self {
+                Self::Response(response) => crate::grpc::Code::from_headers(response.headers())
+                    .map(|code| KeyValue::new("rpc.grpc.status_code", i64::from(code.number()))),
+                _ => None,
+            };
             let failed = error_type.is_some();
             // One call: each takes the span's lock.
-            span.set_attributes(peer.into_iter().flatten().chain(status).chain(error_type));
+            span.set_attributes(
+                peer.into_iter()
+                    .flatten()
+                    .chain(status)
+                    .chain(error_type)
+                    .chain(grpc_code),
+            );
             if failed {
                 // A client span with a 4xx is an error too (OpenTelemetry's HTTP span status
                 // rules).
                 span.set_status(Status::error(""));
             }
-            // Ending reads the clock; an unsampled span has nothing to end.
-            span.end();
         }
     }
 }
@@ -386,7 +398,8 @@ impl Outbound {
         let cx = self.cx.as_ref();
         if let Some(cx) = cx {
             // The request span names no endpoint: its attempts do.
-            outcome.end_span(cx, None);
+            outcome.record_on_span(cx, None);
+            cx.span().end();
         }
         if let Some((method, uri)) = &self.logged {
             let error_type = outcome.error_type();
@@ -516,8 +529,17 @@ where
             finished: false,
         };
         Box::pin(async move {
-            let result = response.await;
-            attempt.finish(Outcome::of(&result));
+            let mut result = response.await;
+            if let Some(cx) = attempt.finish(Outcome::of(&result)) {
+                // A gRPC answer whose status comes in its trailers ends its span with them.
+                let open = match &mut result {
+                    Ok(response) => response.body_mut().end_span_at_status(cx),
+                    Err(_) => Some(cx),
+                };
+                if let Some(cx) = open {
+                    cx.span().end();
+                }
+            }
             result
         })
     }
@@ -531,18 +553,22 @@ struct InFlightAttempt {
 }
 
 impl InFlightAttempt {
-    fn finish(&mut self, outcome: Outcome<'_>) {
+    /// Records the outcome on the attempt's span, if it has one, and hands back its context for
+    /// the caller to end the span.
+    fn finish(&mut self, outcome: Outcome<'_>) -> Option<Context> {
         self.finished = true;
-        if let Some(cx) = &self.cx {
-            outcome.end_span(cx, outcome.endpoint());
-        }
+        let cx = self.cx.take()?;
+        outcome.record_on_span(&cx, outcome.endpoint());
+        Some(cx)
     }
 }
 
 impl Drop for InFlightAttempt {
     fn drop(&mut self) {
-        if !self.finished {
-            self.finish(Outcome::Cancelled);
+        if !self.finished
+            && let Some(cx) = self.finish(Outcome::Cancelled)
+        {
+            cx.span().end();
         }
         self.trace.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
