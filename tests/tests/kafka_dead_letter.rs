@@ -55,10 +55,10 @@ async fn poison_records_are_dead_lettered_and_the_consumer_continues() {
         }))
     };
     let (dead, stop) = kafka::collect(&events, &["orders.dlq"]);
-    dead.wait_for(Duration::from_secs(8), |records| records.len() >= 3)
+    dead.wait_for(Duration::from_secs(20), |records| records.len() >= 3)
         .await;
     handled
-        .wait_for(Duration::from_secs(5), |records| records.len() >= 27)
+        .wait_for(Duration::from_secs(10), |records| records.len() >= 27)
         .await;
     task.abort();
     stop.stop().await;
