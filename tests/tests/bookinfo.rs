@@ -363,6 +363,42 @@ async fn one_trace_crosses_http_grpc_and_kafka() {
         text_attribute(ratings, "url.path").as_deref(),
         Some("/bookinfo.Ratings/GetRatings")
     );
+    // Kafka, as spans: ratings' `send` and analytics' `process`, its child, in the same trace
+    // (the process span ends when the handler returns, which may be just after the count).
+    let (send, process) = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let finished = exporter.get_finished_spans().unwrap();
+            let in_trace = |name: &str, kind: SpanKind| {
+                finished
+                    .iter()
+                    .find(|span| {
+                        span.name == name
+                            && span.span_kind == kind
+                            && span.span_context.trace_id().to_string() == trace_id
+                    })
+                    .cloned()
+            };
+            if let (Some(send), Some(process)) = (
+                in_trace("send rating-viewed", SpanKind::Producer),
+                in_trace("process rating-viewed", SpanKind::Consumer),
+            ) {
+                return (send, process);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the send and process spans of the page's event are exported");
+    assert_eq!(process.parent_span_id, send.span_context.span_id());
+    assert!(
+        exporter
+            .get_finished_spans()
+            .unwrap()
+            .iter()
+            .any(|span| span.span_context.span_id() == send.parent_span_id),
+        "the send span's parent is a span of the ratings hop: {send:#?}"
+    );
+
     // Each server span is the child of its caller's attempt, so the hops nest.
     assert!(
         spans
