@@ -87,6 +87,20 @@ pub fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
     (denominator != 0.0).then(|| round(numerator / denominator, 3))
 }
 
+/// The median of `values`, `None` when there are none.
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    Some(if values.len().is_multiple_of(2) {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    })
+}
+
 /// Prints `line` as one JSON line on stdout, flushed so that a reader sees it at once.
 ///
 /// `line` should be a struct whose first field is `scenario`: a struct rather than a

@@ -36,7 +36,7 @@ use tonic_prost::ProstCodec;
 use crate::alloc::CountingAlloc;
 use crate::cpu::{pin_current_thread, process_cpu_time, usable_cpus};
 use crate::load::Outcome;
-use crate::report::{Summary, emit, load_average, quantile_us, ratio, round};
+use crate::report::{Summary, emit, load_average, median, quantile_us, ratio, round};
 use crate::serve::ServerProcess;
 use crate::{BoxError, Options};
 
@@ -215,20 +215,6 @@ async fn interleave(
         }
     }
     Ok((raw_total, mesh_total, ratios))
-}
-
-/// The median of `values`, `None` when there are none.
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    Some(if values.len().is_multiple_of(2) {
-        (values[middle - 1] + values[middle]) / 2.0
-    } else {
-        values[middle]
-    })
 }
 
 /// Heap allocations per call through `channel`, one call at a time, or `None` without the

@@ -45,7 +45,7 @@ use tower_service::Service as _;
 use crate::alloc::CountingAlloc;
 use crate::cpu::{pin_current_thread, usable_cpus};
 use crate::load::{Load, Outcome, closed_loop};
-use crate::report::{Summary, emit, load_average, ratio, round};
+use crate::report::{Summary, emit, load_average, median, ratio, round};
 use crate::serve::ServerProcess;
 use crate::{BoxError, Options};
 
@@ -212,20 +212,6 @@ async fn measure(
         },
         pinned,
         loadavg_1m: None,
-    })
-}
-
-/// The median of `values`, `None` when there are none.
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    Some(if values.len().is_multiple_of(2) {
-        (values[middle - 1] + values[middle]) / 2.0
-    } else {
-        values[middle]
     })
 }
 
