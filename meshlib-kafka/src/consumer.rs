@@ -238,7 +238,7 @@ impl ConsumerContext for MeshContext {
 pub struct Consumer {
     cluster: Arc<str>,
     client: Client,
-    group: String,
+    group: Arc<str>,
     routes: TopicRoutes,
     schemas: Schemas,
     /// The mesh's tracer, for the `process` spans; `None` with tracing off.
@@ -334,7 +334,7 @@ impl Consumer {
             dead_letters: cluster.producer()?,
             metrics: MetricsCache::for_group(&group),
             tracer: cluster.inner.tracer.clone(),
-            group,
+            group: group.into(),
             config,
         })
     }
@@ -486,7 +486,7 @@ impl Consumer {
                         record.partition.unwrap_or(-1).to_string(),
                     ),
                     KeyValue::new("messaging.kafka.offset", record.offset.unwrap_or(-1)),
-                    KeyValue::new("messaging.consumer.group.name", self.group.to_string()),
+                    KeyValue::new("messaging.consumer.group.name", Arc::clone(&self.group)),
                 ]);
                 MessagingSpan::start(
                     tracer,
@@ -670,7 +670,7 @@ impl Consumer {
                 h::OFFSET.to_owned(),
                 record.offset.unwrap_or(-1).to_string().into(),
             ),
-            (h::GROUP.to_owned(), self.group.clone().into()),
+            (h::GROUP.to_owned(), self.group.to_string().into()),
             (h::ERROR.to_owned(), error.to_owned().into()),
             (h::ATTEMPTS.to_owned(), attempts.to_string().into()),
         ]);

@@ -270,8 +270,7 @@ impl BalancedEndpoint {
                 }
                 return;
             }
-            End::Classified(class) => class,
-            End::Unreachable(class) => class,
+            End::Classified(class) | End::Unreachable(class) => class,
         };
         let config = &self.status.breaker;
         let mut transition = self.breaker.record(config, class, probe, now);
