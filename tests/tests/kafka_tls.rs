@@ -123,7 +123,8 @@ async fn clients_without_the_mesh_identity_are_refused_at_the_handshake() {
     let broker = Broker::start(dir.path(), &ca).await;
     let bundle = dir.path().join("bundle.pem");
     std::fs::write(&bundle, ca.bundle_pem()).unwrap();
-    // Same trust domain and names, another key: only the CA's signature tells them apart.
+    // Another development CA for the same trust domain, issuing the same SPIFFE ID: an unknown
+    // issuer to the broker.
     let elsewhere = dir.path().join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
     let foreign = DevCa::new("cluster.local")
