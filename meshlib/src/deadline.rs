@@ -101,18 +101,19 @@ impl Deadline {
         Some(Self::after(timeout))
     }
 
-    /// Announces the remaining time in `headers`, replacing any earlier value.
-    pub(crate) fn announce(self, headers: &mut http::HeaderMap) {
-        let millis = u64::try_from(self.remaining().as_millis()).unwrap_or(u64::MAX);
+    /// Announces the time left at `now` in `headers`, replacing any earlier value.
+    pub(crate) fn announce(self, headers: &mut http::HeaderMap, now: Instant) {
+        let left = self.0.saturating_duration_since(now);
+        let millis = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
         headers.insert(TIMEOUT_HEADER_NAME, number_value(millis, ""));
     }
 
-    /// Announces the remaining time to a gRPC server, in `grpc-timeout`, replacing any earlier
-    /// value.
-    pub(crate) fn announce_grpc(self, headers: &mut http::HeaderMap) {
+    /// Announces the time left at `now` to a gRPC server, in `grpc-timeout`, replacing any
+    /// earlier value.
+    pub(crate) fn announce_grpc(self, headers: &mut http::HeaderMap, now: Instant) {
         headers.insert(
             crate::grpc::TIMEOUT_HEADER_NAME,
-            crate::grpc::format_timeout(self.remaining()),
+            crate::grpc::format_timeout(self.0.saturating_duration_since(now)),
         );
     }
 }
@@ -176,7 +177,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_header_round_trips_as_remaining_time() {
         let mut headers = http::HeaderMap::new();
-        Deadline::after(Duration::from_millis(1500)).announce(&mut headers);
+        Deadline::after(Duration::from_millis(1500)).announce(&mut headers, Instant::now());
         assert_eq!(headers[TIMEOUT_HEADER], "1500");
         let deadline = Deadline::from_headers(&headers).unwrap();
         tokio::time::advance(Duration::from_millis(400)).await;
@@ -213,7 +214,7 @@ mod tests {
         );
 
         let mut out = http::HeaderMap::new();
-        Deadline::after(Duration::from_millis(1500)).announce_grpc(&mut out);
+        Deadline::after(Duration::from_millis(1500)).announce_grpc(&mut out, Instant::now());
         assert_eq!(out[crate::grpc::TIMEOUT_HEADER], "1500000u");
         assert!(!out.contains_key(TIMEOUT_HEADER));
     }

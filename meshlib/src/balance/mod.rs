@@ -177,7 +177,11 @@ impl BalancedEndpoint {
 
     /// Counts a request as in flight until the returned guard is finished or dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
-        let now = Instant::now();
+        self.start_at(Instant::now())
+    }
+
+    /// [`Self::start`] for a request sent at `now`.
+    pub(crate) fn start_at(self: &Arc<Self>, now: Instant) -> InFlight {
         let probe = self.breaker.on_send(now);
         if probe {
             tracing::debug!(service = %self.status.service, endpoint = %self.endpoint, "probing ejected endpoint");

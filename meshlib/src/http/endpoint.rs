@@ -19,10 +19,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use super::connect::Connector;
-use super::{Body, ResponseFuture};
+use super::{Body, BoxResponseFuture};
 use crate::Error;
 use crate::balance::{BalancedEndpoint, Balancer, Target, Unavailable};
-use crate::classify::{self, Classifier, EndOfStream};
+use crate::classify::{self, Class, Classifier, EndOfStream};
 use crate::config::{Protocol, ServiceConfig};
 use crate::deadline::Deadline;
 use crate::identity::Identity;
@@ -44,9 +44,15 @@ pub(crate) struct Attempt {
     pub(crate) avoid: Vec<SocketAddr>,
 }
 
-/// The endpoint that answered, as a response extension.
+/// The endpoint that answered and how the answer was classified, as a response extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ServedBy(pub SocketAddr);
+pub struct ServedBy {
+    /// The endpoint's address.
+    pub endpoint: SocketAddr,
+    /// The answer's class, or none for a gRPC answer whose status comes in its trailers: that
+    /// one is classified when its body ends.
+    pub class: Option<Class>,
+}
 
 /// Sends each request to an endpoint picked by the service's balancer.
 #[derive(Clone)]
@@ -81,6 +87,8 @@ impl Endpoints {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .http2_only(config.protocol == Protocol::Http2)
+            // The endpoint layer gives every request its `Host`, so the client need not look.
+            .set_host(false)
             .build(connector);
         Self {
             inner: Arc::new(Inner {
@@ -100,14 +108,14 @@ impl Endpoints {
 impl tower_service::Service<Request<Body>> for Endpoints {
     type Response = Response<Body>;
     type Error = Error;
-    type Future = ResponseFuture;
+    type Future = BoxResponseFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
         // Readiness is decided per request, among the endpoints that are ready.
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Body>) -> ResponseFuture {
+    fn call(&mut self, request: Request<Body>) -> BoxResponseFuture {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move { inner.send(request).await })
     }
@@ -130,9 +138,10 @@ impl Inner {
 
         let uri = std::mem::take(request.uri_mut());
         let mut parts = uri.into_parts();
-        if let Some(authority) = parts.authority.take()
-            && !request.headers().contains_key(HOST)
-            && let Some(host) = self.host(&authority)
+        // `Host` names what the caller asked for (usually the service), or the endpoint when
+        // the request's URI has no authority.
+        if !request.headers().contains_key(HOST)
+            && let Some(host) = self.host(parts.authority.as_ref().unwrap_or(endpoint.authority()))
         {
             request.headers_mut().insert(HOST, host);
         }
@@ -142,16 +151,18 @@ impl Inner {
             parts.path_and_query = Some(PathAndQuery::from_static("/"));
         }
         *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are set");
+        // One reading of the clock for the time left and the start of the request.
+        let now = Instant::now();
         if let Some(deadline) = attempt.deadline {
             if grpc {
-                deadline.announce_grpc(request.headers_mut());
+                deadline.announce_grpc(request.headers_mut(), now);
             } else {
-                deadline.announce(request.headers_mut());
+                deadline.announce(request.headers_mut(), now);
             }
         }
 
         let addr = endpoint.endpoint().addr();
-        let mut in_flight = endpoint.start();
+        let mut in_flight = endpoint.start_at(now);
         let sent = self.client.request(request);
         let result = match attempt.deadline.filter(|_| attempt.per_try) {
             None => sent.await,
@@ -169,13 +180,11 @@ impl Inner {
         };
         match result {
             Ok(response) if grpc => {
-                let mut response = match self.classifier.grpc_head(&response) {
+                let (mut response, class) = match self.classifier.grpc_head(&response) {
                     Some((class, code)) => {
                         classify::record_code(&tracing::Span::current(), code);
                         in_flight.finish(class);
-                        let mut response = response.map(Body::from);
-                        response.extensions_mut().insert(class);
-                        response
+                        (response.map(Body::from), Some(class))
                     }
                     None => {
                         in_flight.responded();
@@ -184,18 +193,23 @@ impl Inner {
                             Arc::clone(&self.classifier),
                             tracing::Span::current(),
                         );
-                        response.map(|body| Body::from(body).classified(end))
+                        (response.map(|body| Body::from(body).classified(end)), None)
                     }
                 };
-                response.extensions_mut().insert(ServedBy(addr));
+                response.extensions_mut().insert(ServedBy {
+                    endpoint: addr,
+                    class,
+                });
                 Ok(response)
             }
             Ok(response) => {
                 let class = self.classifier.response(&response);
                 in_flight.finish(class);
                 let mut response = response.map(Body::from);
-                response.extensions_mut().insert(class);
-                response.extensions_mut().insert(ServedBy(addr));
+                response.extensions_mut().insert(ServedBy {
+                    endpoint: addr,
+                    class: Some(class),
+                });
                 Ok(response)
             }
             Err(error) => {
