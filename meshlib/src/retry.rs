@@ -38,10 +38,10 @@ use http::{HeaderMap, Method, Request, Response};
 use tower::retry::budget::{Budget as _, TpsBudget};
 
 use crate::Error;
-use crate::classify::{Class, Classifier};
+use crate::classify::Classifier;
 use crate::config::RetryConfig;
 use crate::deadline::Deadline;
-use crate::http::{Attempt, Body, MeshService, ResponseFuture, ServedBy};
+use crate::http::{Attempt, Body, BoxResponseFuture, MeshService, ServedBy};
 use crate::route::Routed;
 use crate::telemetry::metrics;
 
@@ -112,17 +112,17 @@ impl<S> tower::Layer<S> for RetryLayer {
 
 impl<S> tower_service::Service<Request<Body>> for Retry<S>
 where
-    S: MeshService<Future = ResponseFuture> + Clone + Send + 'static,
+    S: MeshService<Future = BoxResponseFuture> + Clone + Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Error;
-    type Future = ResponseFuture;
+    type Future = BoxResponseFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Body>) -> ResponseFuture {
+    fn call(&mut self, request: Request<Body>) -> BoxResponseFuture {
         let policy = Arc::clone(&self.policy);
         let inner = self.inner.clone();
         Box::pin(policy.send(inner, request))
@@ -156,7 +156,7 @@ impl Policy {
         let non_idempotent = route.non_idempotent.unwrap_or(self.non_idempotent);
         let idempotent = non_idempotent || is_idempotent(request.method());
         let grpc = crate::grpc::is_grpc(request.headers());
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let body = match max_attempts {
             1 => Err(body),
             _ => body.into_replayable(self.max_replay_bytes, !grpc).await,
@@ -176,7 +176,7 @@ impl Policy {
         let mut attempts = 1;
         let mut failed = None;
         loop {
-            let mut request = clone_request(&parts, Body::from(body.clone()));
+            let mut request = attempt_request(&mut parts, Body::from(body.clone()));
             set_attempt(
                 &mut request,
                 attempt(deadline, per_try_timeout, avoid.clone()),
@@ -191,18 +191,16 @@ impl Policy {
             }
 
             let (class, served_by) = match &result {
-                Ok(response) => (
-                    match response.extensions().get::<Class>() {
-                        Some(class) => *class,
+                Ok(response) => {
+                    let served = response.extensions().get::<ServedBy>();
+                    let class = match served.and_then(|served| served.class) {
+                        Some(class) => class,
                         // A gRPC answer classified at its end: committed, never retried.
                         None if grpc => return result,
                         None => self.classifier.response(response),
-                    },
-                    response
-                        .extensions()
-                        .get::<ServedBy>()
-                        .map(|served| served.0),
-                ),
+                    };
+                    (class, served.map(|served| served.endpoint))
+                }
                 Err(error) => (self.classifier.error(error), error.endpoint()),
             };
             if !class.is_retryable() || attempts >= max_attempts {
@@ -302,7 +300,12 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-pub(crate) fn clone_request(parts: &http::request::Parts, body: Body) -> Request<Body> {
+/// A copy of the request for one attempt, with `body`.
+///
+/// Its extensions are copied, unless the only one is the [`Attempt`] the timeout layer gave:
+/// then the first attempt takes them over, so that the attempt is replaced in place rather than
+/// copied, and later attempts, rare, are given an attempt of their own.
+fn attempt_request(parts: &mut http::request::Parts, body: Body) -> Request<Body> {
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
@@ -314,7 +317,12 @@ pub(crate) fn clone_request(parts: &http::request::Parts, body: Body) -> Request
     for (name, value) in &parts.headers {
         headers.append(name, value.clone());
     }
-    *request.extensions_mut() = parts.extensions.clone();
+    *request.extensions_mut() =
+        if parts.extensions.len() == 1 && parts.extensions.get::<Attempt>().is_some() {
+            std::mem::take(&mut parts.extensions)
+        } else {
+            parts.extensions.clone()
+        };
     request
 }
 
