@@ -166,9 +166,12 @@ impl http_body::Body for Resumed {
     }
 }
 
-/// The future of a [`GrpcChannel`] call.
-pub struct ResponseFuture {
-    inner: meshlib::http::ResponseFuture,
+pin_project_lite::pin_project! {
+    /// The future of a [`GrpcChannel`] call.
+    pub struct ResponseFuture {
+        #[pin]
+        inner: meshlib::http::ResponseFuture,
+    }
 }
 
 impl std::fmt::Debug for ResponseFuture {
@@ -180,8 +183,8 @@ impl std::fmt::Debug for ResponseFuture {
 impl Future for ResponseFuture {
     type Output = Result<http::Response<Body>, Status>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx).map_err(status)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx).map_err(status)
     }
 }
 

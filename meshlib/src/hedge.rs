@@ -18,9 +18,9 @@ use tokio::time::Instant;
 use tower::retry::budget::{Budget as _, TpsBudget};
 
 use crate::Error;
-use crate::classify::Class;
+
 use crate::config::HedgeConfig;
-use crate::http::{Body, MeshService, ResponseFuture};
+use crate::http::{Body, BoxResponseFuture, MeshService, ServedBy};
 
 /// How long one latency histogram collects before it is used.
 const PERIOD: Duration = Duration::from_secs(10);
@@ -134,17 +134,17 @@ impl Latencies {
 
 impl<S> tower_service::Service<Request<Body>> for Hedge<S>
 where
-    S: MeshService<Future = ResponseFuture> + Clone + Send + 'static,
+    S: MeshService<Future = BoxResponseFuture> + Clone + Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Error;
-    type Future = ResponseFuture;
+    type Future = BoxResponseFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Body>) -> ResponseFuture {
+    fn call(&mut self, request: Request<Body>) -> BoxResponseFuture {
         let Some(state) = &self.state else {
             return self.inner.call(request);
         };
@@ -186,7 +186,9 @@ where
             // The first success, as the classifier saw it, wins; a failure waits for the other.
             let succeeded = |result: &Result<Response<Body>, Error>| {
                 matches!(result, Ok(response)
-                    if response.extensions().get::<Class>().is_some_and(|class| class.is_success()))
+                    if response.extensions().get::<ServedBy>()
+                        .and_then(|served| served.class)
+                        .is_some_and(|class| class.is_success()))
             };
             let result = tokio::select! {
                 result = &mut primary => if succeeded(&result) { result } else { secondary.await },

@@ -1,12 +1,15 @@
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use http::{Request, Response};
+use pin_project_lite::pin_project;
 
-use super::{Body, ResponseFuture};
+use super::Body;
 use crate::Error;
 use crate::balance::Balancer;
 use crate::config::ServiceConfig;
@@ -156,10 +159,31 @@ where
             self.stack = Stack::clone(&self.shared.stack.load());
             self.generation = generation;
         }
-        // The one box of the call: the layers above the retry layer nest their futures in it.
-        Box::pin(tower_service::Service::call(
-            &mut self.stack,
-            request.map(Body::new),
-        ))
+        ResponseFuture {
+            inner: tower_service::Service::call(&mut self.stack, request.map(Body::new)),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of an [`HttpClient`] call: the futures of the stack's layers, nested.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture {
+        #[pin]
+        inner: <Stack as tower_service::Service<Request<Body>>>::Future,
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<Body>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }

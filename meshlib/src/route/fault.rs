@@ -15,7 +15,7 @@ use http::{Request, Response, StatusCode};
 use super::config::FaultConfig;
 use super::table::{Routed, ValueMatchCompiled, headers_match};
 use crate::Error;
-use crate::http::{Body, MeshService, ResponseFuture};
+use crate::http::{Body, BoxResponseFuture, MeshService};
 
 /// The header on a response that a fault produced, naming the fault.
 pub const FAULT_HEADER: &str = "x-mesh-fault";
@@ -73,17 +73,17 @@ pub(crate) struct FaultService<S> {
 
 impl<S> tower_service::Service<Request<Body>> for FaultService<S>
 where
-    S: MeshService<Future = ResponseFuture> + Clone + Send + 'static,
+    S: MeshService<Future = BoxResponseFuture> + Clone + Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Error;
-    type Future = ResponseFuture;
+    type Future = BoxResponseFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Body>) -> ResponseFuture {
+    fn call(&mut self, request: Request<Body>) -> BoxResponseFuture {
         let Some(routed) = request.extensions().get::<Routed>() else {
             return self.inner.call(request);
         };

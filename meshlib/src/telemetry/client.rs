@@ -34,9 +34,9 @@ use super::metrics::{RequestMetrics, Side};
 use super::request_id::{self, REQUEST_ID_HEADER};
 use super::{StatusClass, Telemetry, trace_id};
 use crate::Error;
-use crate::classify::Class;
+
 use crate::grpc::RpcMethod;
-use crate::http::{Body, MeshService, ResponseFuture, ServedBy};
+use crate::http::{Body, BoxResponseFuture, MeshService, ServedBy};
 
 /// Adds [`ClientTelemetry`] to a stack.
 #[derive(Clone)]
@@ -296,7 +296,8 @@ impl<'a> Outcome<'a> {
         match self {
             Self::Response(response) => response
                 .extensions()
-                .get::<Class>()
+                .get::<ServedBy>()
+                .and_then(|served| served.class)
                 .map_or(response.status().is_server_error(), |class| {
                     !class.is_success()
                 }),
@@ -307,7 +308,10 @@ impl<'a> Outcome<'a> {
 
     fn endpoint(&self) -> Option<SocketAddr> {
         match self {
-            Self::Response(response) => response.extensions().get::<ServedBy>().map(|by| by.0),
+            Self::Response(response) => response
+                .extensions()
+                .get::<ServedBy>()
+                .map(|served| served.endpoint),
             Self::Error(error) => error.endpoint(),
             Self::Cancelled => None,
         }
@@ -477,17 +481,17 @@ pub struct AttemptTelemetry<S> {
 
 impl<S> tower_service::Service<Request<Body>> for AttemptTelemetry<S>
 where
-    S: MeshService<Future = ResponseFuture>,
+    S: MeshService<Future = BoxResponseFuture>,
 {
     type Response = Response<Body>;
     type Error = Error;
-    type Future = ResponseFuture;
+    type Future = BoxResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<Body>) -> ResponseFuture {
+    fn call(&mut self, mut request: Request<Body>) -> BoxResponseFuture {
         let Some(TraceHandle(trace)) = request.extensions().get::<TraceHandle>().cloned() else {
             return self.inner.call(request);
         };
