@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
-use http::{HeaderMap, Method, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use tower::retry::budget::{Budget as _, TpsBudget};
 
 use crate::Error;
@@ -156,7 +156,7 @@ impl Policy {
         let non_idempotent = route.non_idempotent.unwrap_or(self.non_idempotent);
         let idempotent = non_idempotent || is_idempotent(request.method());
         let grpc = crate::grpc::is_grpc(request.headers());
-        let (mut parts, body) = request.into_parts();
+        let (parts, body) = request.into_parts();
         let body = match max_attempts {
             1 => Err(body),
             _ => body.into_replayable(self.max_replay_bytes, !grpc).await,
@@ -171,12 +171,19 @@ impl Policy {
             }
         };
 
+        // The first attempt sends the request's own head; retries send copies of it.
+        let head = Head::copy(&parts);
+        let mut first = Some(parts);
         let mut backoff = self.backoff.build();
         let mut avoid = Vec::new();
         let mut attempts = 1;
         let mut failed = None;
         loop {
-            let mut request = attempt_request(&mut parts, Body::from(body.clone()));
+            let body = Body::from(body.clone());
+            let mut request = match first.take() {
+                Some(parts) => Request::from_parts(parts, body),
+                None => head.request(body),
+            };
             set_attempt(
                 &mut request,
                 attempt(deadline, per_try_timeout, avoid.clone()),
@@ -300,30 +307,55 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// A copy of the request for one attempt, with `body`.
+/// The head of a request as retries need it, copied before the first attempt takes the original.
 ///
-/// Its extensions are copied, unless the only one is the [`Attempt`] the timeout layer gave:
-/// then the first attempt takes them over, so that the attempt is replaced in place rather than
-/// copied, and later attempts, rare, are given an attempt of their own.
-fn attempt_request(parts: &mut http::request::Parts, body: Body) -> Request<Body> {
-    let mut request = Request::new(body);
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts.uri.clone();
-    *request.version_mut() = parts.version;
-    // With room for the two headers the endpoint layer adds to each attempt (`Host` and the
-    // time left), which a plain clone, sized to what it copies, would grow for.
-    let headers = request.headers_mut();
-    headers.reserve(parts.headers.len() + 2);
-    for (name, value) in &parts.headers {
-        headers.append(name, value.clone());
+/// The headers are kept as a list: copying them into a map would hash every name for a copy
+/// that is rarely used.
+struct Head {
+    method: Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    extensions: http::Extensions,
+}
+
+impl Head {
+    fn copy(parts: &http::request::Parts) -> Self {
+        let extensions = &parts.extensions;
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
+            // The attempt is each retry's own: alone, nothing needs copying.
+            extensions: if extensions.len() == 1 && extensions.get::<Attempt>().is_some() {
+                http::Extensions::new()
+            } else {
+                extensions.clone()
+            },
+        }
     }
-    *request.extensions_mut() =
-        if parts.extensions.len() == 1 && parts.extensions.get::<Attempt>().is_some() {
-            std::mem::take(&mut parts.extensions)
-        } else {
-            parts.extensions.clone()
-        };
-    request
+
+    /// A request with this head and `body`.
+    fn request(&self, body: Body) -> Request<Body> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        // With room for the two headers the endpoint layer adds to each attempt (`Host` and the
+        // time left).
+        let headers = request.headers_mut();
+        headers.reserve(self.headers.len() + 2);
+        for (name, value) in &self.headers {
+            headers.append(name, value.clone());
+        }
+        *request.extensions_mut() = self.extensions.clone();
+        request
+    }
 }
 
 /// What a gRPC server's `grpc-retry-pushback-ms` asks.
@@ -372,6 +404,40 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct Tenant(&'static str);
+
+    #[test]
+    fn a_retry_copies_the_head_and_the_callers_extensions() {
+        let mut request = Request::post("http://reviews/ratings?book=1")
+            .header("x-user", "jason")
+            .header("x-user", "bob")
+            .body(Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(Attempt {
+            per_try: true,
+            ..Attempt::default()
+        });
+        request.extensions_mut().insert(Tenant("bookinfo"));
+        let (parts, _) = request.into_parts();
+
+        let retry = Head::copy(&parts).request(Body::empty());
+        assert_eq!(retry.method(), Method::POST);
+        assert_eq!(retry.uri(), "http://reviews/ratings?book=1");
+        let users: Vec<_> = retry.headers().get_all("x-user").iter().collect();
+        assert_eq!(users, ["jason", "bob"]);
+        assert_eq!(
+            retry.extensions().get::<Tenant>(),
+            Some(&Tenant("bookinfo"))
+        );
+
+        // With the attempt alone, a retry starts with no extensions: it is given its own.
+        let mut parts = parts;
+        parts.extensions.remove::<Tenant>();
+        let retry = Head::copy(&parts).request(Body::empty());
+        assert!(retry.extensions().is_empty());
+    }
 
     #[test]
     fn retry_after_is_seconds_or_a_date() {
