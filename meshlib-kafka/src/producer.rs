@@ -424,8 +424,8 @@ impl Inner {
         traceparent: Option<&[u8; TRACEPARENT_LEN]>,
     ) -> Result<DeliveryReport<'_>, KafkaError> {
         let (report, slot) = self.slots.wait();
-        let mut message = BaseRecord::<[u8], [u8], _>::with_opaque_to(topic, slot)
-            .payload(&record.value[..]);
+        let mut message =
+            BaseRecord::<[u8], [u8], _>::with_opaque_to(topic, slot).payload(&record.value[..]);
         if let Some(key) = &record.key {
             message = message.key(&key[..]);
         }
