@@ -123,3 +123,41 @@ impl Future for DeliveryReport<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+
+    fn kept(slots: &Slots) -> usize {
+        slots.0.lock().unwrap().len()
+    }
+
+    #[test]
+    fn a_slot_is_reused_only_once_the_callback_let_it_go_and_starts_over() {
+        let slots = Slots::default();
+        let cx = Context::from_waker(Waker::noop());
+
+        // The send stops waiting while the callback still holds the slot: not kept.
+        let (report, callback) = slots.wait();
+        drop(report);
+        callback.complete(Ok((1, 7)));
+        drop(callback);
+        assert_eq!(kept(&slots), 0);
+
+        // The usual order: the report is written, the callback lets go, the send reads it.
+        let (report, callback) = slots.wait();
+        assert!(report.poll_report(&cx).is_pending());
+        callback.complete(Ok((2, 9)));
+        drop(callback);
+        assert!(matches!(report.poll_report(&cx), Poll::Ready(Ok((2, 9)))));
+        drop(report);
+        assert_eq!(kept(&slots), 1);
+
+        // The kept slot carries nothing of the last record.
+        let (report, _callback) = slots.wait();
+        assert_eq!(kept(&slots), 0);
+        assert!(report.poll_report(&cx).is_pending());
+    }
+}
