@@ -37,6 +37,7 @@
 
 mod cluster;
 mod consumer;
+mod delivery;
 pub mod embedded;
 mod error;
 mod gateway;

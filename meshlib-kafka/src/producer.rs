@@ -1,4 +1,4 @@
-//! The producer: rdkafka's `FutureProducer` behind the mesh's policies.
+//! The producer: rdkafka's `ThreadedProducer` behind the mesh's policies.
 //!
 //! A send goes through, in order:
 //! 1. **route** — the logical topic becomes the physical one this producer was routed to;
@@ -36,13 +36,13 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::SdkTracer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers as _, Message as _, OwnedMessage};
-use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
 use rdkafka::util::Timeout;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::cluster::{ClusterBreaker, KafkaCluster, MeshContext, Ticket};
+use crate::delivery::{DeliveryReport, Slots};
 use crate::error::is_retriable_code;
 use crate::record::Delivery;
 use crate::route::TopicRoutes;
@@ -62,7 +62,8 @@ pub struct Producer {
 
 struct Inner {
     cluster: Arc<str>,
-    client: FutureProducer<MeshContext>,
+    client: ThreadedProducer<MeshContext>,
+    slots: Slots,
     routes: TopicRoutes,
     schemas: Schemas,
     breaker: Arc<ClusterBreaker>,
@@ -122,7 +123,7 @@ impl Producer {
             breaker: Some(Arc::clone(&cluster.inner.breaker)),
             consumer: None,
         };
-        let client: FutureProducer<MeshContext> = client
+        let client: ThreadedProducer<MeshContext> = client
             .create_with_context(context)
             .map_err(|error| Error::kafka(name, error))?;
         let rate = config.rate_limit.clone().unwrap_or_default();
@@ -133,6 +134,7 @@ impl Producer {
             inner: Arc::new(Inner {
                 cluster: Arc::clone(name),
                 client,
+                slots: Slots::default(),
                 routes: TopicRoutes::for_producer(
                     &cluster.inner.config.topics,
                     &cluster.labels,
@@ -349,10 +351,7 @@ impl Inner {
             size,
             partition: record.partition,
         };
-        let enqueued = done
-            .span
-            .in_scope(|| self.enqueue(&done.topic, &record, traceparent.as_ref()));
-        match enqueued {
+        match self.enqueue(&done.topic, &record, traceparent.as_ref()) {
             Ok(delivery) => Ok(State::Waiting(done, delivery)),
             Err(error) if self.max_attempts > 1 && is_retriable(&error) => {
                 let mut record = record;
@@ -401,7 +400,7 @@ impl Inner {
             tokio::time::sleep(wait).await;
             attempt += 1;
             let result = match self.enqueue(&topic, &record, None) {
-                Ok(delivery) => delivered(delivery.await).map_err(|(error, _)| error),
+                Ok(report) => report.await,
                 Err(failed) => Err(failed),
             };
             match result {
@@ -423,19 +422,22 @@ impl Inner {
         topic: &str,
         record: &Record,
         traceparent: Option<&[u8; TRACEPARENT_LEN]>,
-    ) -> Result<DeliveryFuture, KafkaError> {
-        let mut future = FutureRecord::<[u8], [u8]>::to(topic).payload(&record.value[..]);
+    ) -> Result<DeliveryReport<'_>, KafkaError> {
+        let (report, slot) = self.slots.wait();
+        let mut message =
+            BaseRecord::<[u8], [u8], _>::with_opaque_to(topic, slot).payload(&record.value[..]);
         if let Some(key) = &record.key {
-            future = future.key(&key[..]);
+            message = message.key(&key[..]);
         }
         if let Some(partition) = record.partition {
-            future = future.partition(partition);
+            message = message.partition(partition);
         }
         let extra = traceparent.map(|value| (TRACEPARENT, &value[..]));
         if let Some(headers) = record.kafka_headers(extra) {
-            future = future.headers(headers);
+            message = message.headers(headers);
         }
-        self.client.send_result(future).map_err(|(error, _)| error)
+        self.client.send(message).map_err(|(error, _)| error)?;
+        Ok(report)
     }
 }
 
@@ -456,7 +458,7 @@ pub struct SendFuture<'a> {
 
 enum State<'a> {
     Start(Record),
-    Waiting(Done<'a>, DeliveryFuture),
+    Waiting(Done<'a>, DeliveryReport<'a>),
     Retrying(
         Done<'a>,
         Pin<Box<dyn Future<Output = Result<Delivery, Error>> + Send + 'a>>,
@@ -490,26 +492,26 @@ impl Future for SendFuture<'_> {
                     Ok(state) => this.state = state,
                     Err(error) => return Poll::Ready(Err(error)),
                 },
-                State::Waiting(done, mut delivery) => {
-                    let report = match Pin::new(&mut delivery).poll(cx) {
+                State::Waiting(done, delivery) => {
+                    let report = match delivery.poll_report(cx) {
                         Poll::Pending => {
                             this.state = State::Waiting(done, delivery);
                             return Poll::Pending;
                         }
                         Poll::Ready(report) => report,
                     };
-                    match delivered(report) {
+                    match report {
                         Ok((partition, offset)) => {
-                            return Poll::Ready(Ok(done.delivered(partition, offset)));
+                            return Poll::Ready(Ok(done.delivered(*partition, *offset)));
                         }
-                        Err((error, Some(message)))
-                            if this.inner.max_attempts > 1 && is_retriable(&error) =>
+                        Err((error, message))
+                            if this.inner.max_attempts > 1 && is_retriable(error) =>
                         {
-                            let record = again(&done.topic, done.partition, &message);
-                            this.state = this.inner.retrying(done, record, error);
+                            let record = again(&done.topic, done.partition, message);
+                            this.state = this.inner.retrying(done, record, error.clone());
                         }
                         Err((error, _)) => {
-                            let error = Error::kafka(&done.topic, error);
+                            let error = Error::kafka(&done.topic, error.clone());
                             return Poll::Ready(Err(done.failed(error)));
                         }
                     }
@@ -615,22 +617,6 @@ fn again(topic: &str, partition: Option<i32>, message: &OwnedMessage) -> Record 
             .collect();
     }
     record
-}
-
-/// A failed delivery: the error, and the message librdkafka gave back (none if cancelled).
-type Failed = (KafkaError, Option<Box<OwnedMessage>>);
-
-/// The partition and offset of a delivery report; a failure keeps the message librdkafka gave
-/// back.
-fn delivered<Canceled>(
-    report: Result<OwnedDeliveryResult, Canceled>,
-) -> Result<(i32, i64), Failed> {
-    match report {
-        Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
-        // Boxed: a failure is rare, and the success path should not carry its size.
-        Ok(Err((error, message))) => Err((error, Some(Box::new(message)))),
-        Err(_) => Err((KafkaError::Canceled, None)),
-    }
 }
 
 fn is_retriable(error: &KafkaError) -> bool {
