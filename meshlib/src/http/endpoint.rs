@@ -67,6 +67,8 @@ struct Inner {
     client: Client<Connector, Body>,
     /// `Host: <service>`, for requests addressed to the service by its name.
     service_host: Option<HeaderValue>,
+    /// Whether requests go over HTTP/2, where `:authority` names the endpoint without `Host`.
+    http2: bool,
     discovery_timeout: Duration,
     max_pending: u32,
     /// Requests waiting for discovery to produce an endpoint.
@@ -97,6 +99,7 @@ impl Endpoints {
                 classifier,
                 client,
                 service_host: HeaderValue::from_str(service).ok(),
+                http2: config.protocol == Protocol::Http2,
                 discovery_timeout: config.discovery_timeout,
                 max_pending: config.limits.max_pending,
                 waiting: AtomicU32::new(0),
@@ -138,10 +141,15 @@ impl Inner {
 
         let uri = std::mem::take(request.uri_mut());
         let mut parts = uri.into_parts();
-        // `Host` names what the caller asked for (usually the service), or the endpoint when
-        // the request's URI has no authority.
+        // `Host` names what the caller asked for (usually the service); for a URI without an
+        // authority, the endpoint, which HTTP/2 names in `:authority` alone.
+        let host = match &parts.authority {
+            Some(authority) => Some(authority),
+            None if !self.http2 => Some(endpoint.authority()),
+            None => None,
+        };
         if !request.headers().contains_key(HOST)
-            && let Some(host) = self.host(parts.authority.as_ref().unwrap_or(endpoint.authority()))
+            && let Some(host) = host.and_then(|authority| self.host(authority))
         {
             request.headers_mut().insert(HOST, host);
         }
