@@ -86,15 +86,23 @@ impl Error {
         Self::new(Kind::Kafka).subject(subject).source(error)
     }
 
-    /// A record librdkafka gave up on: after `timeout` for a delivery timeout, which says so,
-    /// as librdkafka's own text ("Message timed out") does not say how long it tried.
-    pub(crate) fn undelivered(topic: &str, error: KafkaError, timeout: Duration) -> Self {
+    /// A record librdkafka gave up on, after `attempts` sends of the mesh. A delivery timeout
+    /// says how long each attempt waited, as librdkafka's own text ("Message timed out") does
+    /// not.
+    pub(crate) fn undelivered(
+        topic: &str,
+        error: KafkaError,
+        timeout: Duration,
+        attempts: u32,
+    ) -> Self {
         let timed_out = error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut);
         let error = Self::kafka(topic, error);
-        if timed_out {
-            error.message(format_args!("not delivered within {timeout:?}"))
-        } else {
-            error
+        match attempts {
+            _ if !timed_out => error,
+            0 | 1 => error.message(format_args!("not delivered within {timeout:?}")),
+            _ => error.message(format_args!(
+                "not delivered within {timeout:?}, in each of {attempts} attempts"
+            )),
         }
     }
 
@@ -463,6 +471,7 @@ mod tests {
             "orders",
             KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
             Duration::from_secs(5),
+            1,
         )
     }
 

@@ -367,7 +367,7 @@ impl Inner {
                 Ok(self.retrying(done, record, error))
             }
             Err(error) => {
-                let error = self.undelivered(&done.topic, error);
+                let error = self.undelivered(&done.topic, error, 1);
                 Err(done.failed(error))
             }
         }
@@ -395,7 +395,7 @@ impl Inner {
         let mut attempt = 1;
         loop {
             if !is_retriable(&error) || attempt >= self.max_attempts {
-                return Err(self.undelivered(&topic, error));
+                return Err(self.undelivered(&topic, error, attempt));
             }
             let ceiling = backoff.next().unwrap_or_default();
             let wait = ceiling.mul_f64(fastrand::f64());
@@ -422,8 +422,8 @@ impl Inner {
 
     /// The error of a record that was not delivered: how long librdkafka tried, and, when the
     /// cluster did not answer, what it last reported about why.
-    fn undelivered(&self, topic: &str, error: KafkaError) -> Error {
-        Error::undelivered(topic, error, self.delivery_timeout)
+    fn undelivered(&self, topic: &str, error: KafkaError, attempts: u32) -> Error {
+        Error::undelivered(topic, error, self.delivery_timeout, attempts)
             .with_cluster_error(self.last_error.recent())
     }
 
@@ -522,7 +522,7 @@ impl Future for SendFuture<'_> {
                             this.state = this.inner.retrying(done, record, error.clone());
                         }
                         Err((error, _)) => {
-                            let error = this.inner.undelivered(&done.topic, error.clone());
+                            let error = this.inner.undelivered(&done.topic, error.clone(), 1);
                             return Poll::Ready(Err(done.failed(error)));
                         }
                     }
