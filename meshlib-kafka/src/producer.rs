@@ -20,6 +20,13 @@
 //! record whose first attempt's fate was unknown may be written twice, which at-least-once
 //! consumers absorb. Order across a mesh retry holds for a caller that awaits each send before
 //! the next one with the same key.
+//!
+//! librdkafka says why it cannot reach the brokers (a refused connection, a failed TLS
+//! handshake, every broker down) only through its error callback; a record that never reached
+//! them is reported as "message timed out" and nothing more. The cluster keeps the last such
+//! report, and a send that times out or meets an open circuit names it, so that the error a
+//! caller logs says what to fix. A delivered record clears it: history of an outage that ended
+//! must not be blamed for a later timeout.
 
 use std::future::Future;
 use std::pin::Pin;
