@@ -17,6 +17,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::time::Instant;
 
+use crate::error::LastError;
 use crate::schema::Schemas;
 use crate::{Consumer, Error, Producer};
 
@@ -43,6 +44,12 @@ pub(crate) struct ClusterInner {
     tls: Vec<(&'static str, String)>,
     pub(crate) schemas: Schemas,
     pub(crate) breaker: Arc<ClusterBreaker>,
+    /// What librdkafka last reported about reaching the cluster, from every client of it, for
+    /// the errors of sends that time out.
+    pub(crate) last_error: Arc<LastError>,
+    /// The producers' delivery timeout: `producer.delivery_timeout`, or librdkafka's own
+    /// `message.timeout.ms` when the `librdkafka` table sets it.
+    pub(crate) delivery_timeout: Duration,
     /// The mesh's tracer, for the `send` and `process` spans; `None` with tracing off.
     pub(crate) tracer: Option<SdkTracer>,
     follower: tokio::task::JoinHandle<()>,
@@ -127,10 +134,13 @@ impl KafkaCluster {
         };
         let schemas = Schemas::load(name, &config)?;
         let labels = Arc::new(config.labels.clone());
+        let delivery_timeout = delivery_timeout(&config);
         let cluster = Self {
             inner: Arc::new(ClusterInner {
                 name: name.into(),
                 breaker: Arc::new(ClusterBreaker::new(name, config.producer.breaker.clone())),
+                last_error: Arc::new(LastError::new(delivery_timeout)),
+                delivery_timeout,
                 config,
                 bootstrap,
                 tls,
@@ -192,6 +202,20 @@ impl KafkaCluster {
         Consumer::new(self, topics)
     }
 
+    /// The librdkafka client context of a client of this cluster.
+    pub(crate) fn context(
+        &self,
+        breaker: Option<Arc<ClusterBreaker>>,
+        consumer: Option<crate::consumer::ConsumerState>,
+    ) -> MeshContext {
+        MeshContext {
+            cluster: Arc::clone(&self.inner.name),
+            breaker,
+            last_error: Arc::clone(&self.inner.last_error),
+            consumer,
+        }
+    }
+
     /// The client id: `client_id`, or the cluster's name.
     pub(crate) fn client_id(&self) -> &str {
         self.inner
@@ -223,6 +247,15 @@ impl KafkaCluster {
         }
         Ok(client)
     }
+}
+
+/// How long a producer of the cluster tries to deliver a record: `producer.delivery_timeout`,
+/// unless the `librdkafka` table sets librdkafka's own setting (or its alias), which wins.
+fn delivery_timeout(config: &KafkaConfig) -> Duration {
+    ["message.timeout.ms", "delivery.timeout.ms"]
+        .iter()
+        .find_map(|key| config.librdkafka.get(*key)?.trim().parse().ok())
+        .map_or(config.producer.delivery_timeout, Duration::from_millis)
 }
 
 fn apply(brokers: &mut Vec<Endpoint>, change: Change) {
@@ -386,10 +419,12 @@ impl Drop for Ticket<'_> {
 }
 
 /// The librdkafka client context of the mesh's clients: librdkafka's logs and errors to
-/// `tracing`, "all brokers down" to the cluster's breaker, statistics to lag metrics.
+/// `tracing`, errors also to the cluster's last error (the cause a timed-out send names), "all
+/// brokers down" to the cluster's breaker, statistics to lag metrics.
 pub(crate) struct MeshContext {
     pub(crate) cluster: Arc<str>,
     pub(crate) breaker: Option<Arc<ClusterBreaker>>,
+    pub(crate) last_error: Arc<LastError>,
     pub(crate) consumer: Option<crate::consumer::ConsumerState>,
 }
 
@@ -419,6 +454,7 @@ impl ClientContext for MeshContext {
             breaker.all_brokers_down();
         }
         tracing::warn!(cluster = %self.cluster, %error, reason, "kafka client error");
+        self.last_error.report(error, reason);
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {

@@ -311,14 +311,13 @@ impl Consumer {
         for (key, value) in &cluster.inner.config.librdkafka {
             client.set(key, value);
         }
-        let context = MeshContext {
-            cluster: Arc::clone(name),
-            breaker: None,
-            consumer: Some(ConsumerState {
+        let context = cluster.context(
+            None,
+            Some(ConsumerState {
                 group: group.clone(),
                 paused: AtomicBool::new(false),
             }),
-        };
+        );
         let client: StreamConsumer<MeshContext> = client
             .create_with_context(context)
             .map_err(|error| Error::kafka(name, error))?;
@@ -368,10 +367,15 @@ impl Consumer {
                     };
                     match received {
                         Ok(message) => {
+                            self.client.context().last_error.clear();
                             let logical = self.routes.logical(rdkafka::Message::topic(&message));
                             Record::from_message(&message, logical)
                         }
                         Err(error) => {
+                            // librdkafka's consumer errors (a broker transport failure, all
+                            // brokers down) come with the cluster's last error, which says why.
+                            let error = Error::kafka(&self.cluster, error)
+                                .with_cluster_error(self.client.context().last_error.recent());
                             tracing::warn!(cluster = %self.cluster, %error, "receive failed");
                             crate::telemetry::error("", "receive", "kafka");
                             continue;

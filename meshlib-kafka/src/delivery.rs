@@ -45,7 +45,11 @@ impl ProducerContext for MeshContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, slot: Arc<Slot>) {
         slot.complete(match result {
-            Ok(message) => Ok((message.partition(), message.offset())),
+            Ok(message) => {
+                // The cluster answered: what it reported before is no longer why sends fail.
+                self.last_error.clear();
+                Ok((message.partition(), message.offset()))
+            }
             Err((error, message)) => Err((error.clone(), message.detach())),
         });
     }

@@ -20,6 +20,13 @@
 //! record whose first attempt's fate was unknown may be written twice, which at-least-once
 //! consumers absorb. Order across a mesh retry holds for a caller that awaits each send before
 //! the next one with the same key.
+//!
+//! librdkafka says why it cannot reach the brokers (a refused connection, a failed TLS
+//! handshake, every broker down) only through its error callback; a record that never reached
+//! them is reported as "message timed out" and nothing more. The cluster keeps the last such
+//! report, and a send that times out or meets an open circuit names it, so that the error a
+//! caller logs says what to fix. A delivered record clears it: history of an outage that ended
+//! must not be blamed for a later timeout.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -43,7 +50,7 @@ use tracing::Instrument as _;
 
 use crate::cluster::{ClusterBreaker, KafkaCluster, MeshContext, Ticket};
 use crate::delivery::{DeliveryReport, Slots};
-use crate::error::is_retriable_code;
+use crate::error::{LastError, is_retriable_code};
 use crate::record::Delivery;
 use crate::route::TopicRoutes;
 use crate::schema::Schemas;
@@ -67,6 +74,9 @@ struct Inner {
     routes: TopicRoutes,
     schemas: Schemas,
     breaker: Arc<ClusterBreaker>,
+    /// The cluster's last error, the cause named by a send that timed out.
+    last_error: Arc<LastError>,
+    delivery_timeout: std::time::Duration,
     records_rate: Option<RateLimit>,
     bytes_rate: Option<RateLimit>,
     max_in_flight_bytes: u64,
@@ -118,11 +128,7 @@ impl Producer {
         for (key, value) in &cluster.inner.config.librdkafka {
             client.set(key, value);
         }
-        let context = MeshContext {
-            cluster: Arc::clone(name),
-            breaker: Some(Arc::clone(&cluster.inner.breaker)),
-            consumer: None,
-        };
+        let context = cluster.context(Some(Arc::clone(&cluster.inner.breaker)), None);
         let client: ThreadedProducer<MeshContext> = client
             .create_with_context(context)
             .map_err(|error| Error::kafka(name, error))?;
@@ -142,6 +148,8 @@ impl Producer {
                 ),
                 schemas: cluster.inner.schemas.clone(),
                 breaker: Arc::clone(&cluster.inner.breaker),
+                last_error: Arc::clone(&cluster.inner.last_error),
+                delivery_timeout: cluster.inner.delivery_timeout,
                 records_rate: limit(rate.records_per_second),
                 bytes_rate: limit(rate.bytes_per_second),
                 max_in_flight_bytes: config.max_in_flight_bytes,
@@ -182,7 +190,10 @@ impl Producer {
         tokio::task::spawn_blocking(move || inner.client.flush(Timeout::After(timeout)))
             .await
             .map_err(|_| Error::timeout(&self.inner.cluster, "flush was cancelled"))?
-            .map_err(|error| Error::kafka(&self.inner.cluster, error))
+            .map_err(|error| {
+                Error::kafka(&self.inner.cluster, error)
+                    .with_cluster_error(self.inner.last_error.recent())
+            })
     }
 
     /// Records sent and not yet acknowledged.
@@ -282,7 +293,7 @@ impl Inner {
         }
         let ticket = match self.breaker.admit() {
             Ok(ticket) => ticket,
-            Err(error) => return refuse(error),
+            Err(error) => return refuse(error.with_cluster_error(self.last_error.recent())),
         };
         let size = record.size();
         if let Err(error) = self.limit(topic, size) {
@@ -363,7 +374,7 @@ impl Inner {
                 Ok(self.retrying(done, record, error))
             }
             Err(error) => {
-                let error = Error::kafka(&done.topic, error);
+                let error = self.undelivered(&done.topic, error, 1);
                 Err(done.failed(error))
             }
         }
@@ -391,7 +402,7 @@ impl Inner {
         let mut attempt = 1;
         loop {
             if !is_retriable(&error) || attempt >= self.max_attempts {
-                return Err(Error::kafka(&topic, error));
+                return Err(self.undelivered(&topic, error, attempt));
             }
             let ceiling = backoff.next().unwrap_or_default();
             let wait = ceiling.mul_f64(fastrand::f64());
@@ -414,6 +425,13 @@ impl Inner {
                 Err(failed) => error = failed,
             }
         }
+    }
+
+    /// The error of a record that was not delivered: how long librdkafka tried, and, when the
+    /// cluster did not answer, what it last reported about why.
+    fn undelivered(&self, topic: &str, error: KafkaError, attempts: u32) -> Error {
+        Error::undelivered(topic, error, self.delivery_timeout, attempts)
+            .with_cluster_error(self.last_error.recent())
     }
 
     /// Hands `record` to librdkafka, with `traceparent` added to its headers.
@@ -511,7 +529,7 @@ impl Future for SendFuture<'_> {
                             this.state = this.inner.retrying(done, record, error.clone());
                         }
                         Err((error, _)) => {
-                            let error = Error::kafka(&done.topic, error.clone());
+                            let error = this.inner.undelivered(&done.topic, error.clone(), 1);
                             return Poll::Ready(Err(done.failed(error)));
                         }
                     }

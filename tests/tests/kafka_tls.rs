@@ -3,7 +3,7 @@
 //! has a meshlib producer and consumer, whose `ssl.*` settings come from the mesh's `[identity]`
 //! (`tls = {}`), write and read a record through TLS, its `traceparent` header included. Clients
 //! without the mesh identity, or with a certificate from another CA, are refused at the
-//! handshake, and meshlib's client errors say so.
+//! handshake, and both meshlib's client errors and the send's own error say so.
 //!
 //! The TLS listener is `stunnel` in front of tansu, not tansu itself: tansu 0.6.0 (the latest
 //! release when this was written) builds no TLS listener. Its `broker` command refuses `--cert`
@@ -185,15 +185,26 @@ async fn clients_without_the_mesh_identity_are_refused_at_the_handshake() {
         )
         .await
         .expect("the send ends within 20 s");
-        // librdkafka retries a refused connection until the delivery timeout: the send says
-        // only that, and the reports below say why.
+        // librdkafka retries a refused connection until the delivery timeout; the send's error
+        // is that timeout, with the cluster's last error naming the broker's TLS alert.
         let error = sent.expect_err("nothing is delivered without the broker's trust");
+        println!("{cluster}: {error}");
         assert_eq!(
             error.kafka_code(),
             Some(RDKafkaErrorCode::MessageTimedOut),
             "{error}"
         );
         assert!(error.is_retriable(), "{error}");
+        let text = error.to_string();
+        // Three attempts, the default; the broker's alert came on the first read after the
+        // client's side of the TLS 1.3 handshake.
+        assert!(
+            text.starts_with("orders: not delivered within 3s, in each of 3 attempts: "),
+            "{text}"
+        );
+        assert!(text.contains("; the cluster's last error ("), "{text}");
+        assert!(text.contains("tlsv13 alert certificate required"), "{text}");
+        assert!(error.cluster_error().is_some(), "{error:?}");
         for text in reports {
             client_reports().wait_for(cluster, text).await;
         }
