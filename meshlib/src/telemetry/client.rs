@@ -208,22 +208,35 @@ fn request_context(
     request: &mut Request<Body>,
 ) -> Context {
     let parent = Context::current();
-    // Room for what is added later, so that the span's list never reallocates. The request id is
-    // left to the server span, where it arrives as a request header.
-    let mut attributes = Vec::with_capacity(9);
-    method_attributes(request.method(), &mut attributes);
-    attributes.push(KeyValue::new("server.address", Arc::clone(service)));
-    let mut span = tracer
-        .span_builder(span_name(request.method()))
-        .with_kind(SpanKind::Client)
-        .with_attributes(attributes)
-        .start_with_context(tracer, &parent);
-    // What the sampler does not need is built only for a span that records it.
+    let method = request.method();
+    let server_address = || KeyValue::new("server.address", Arc::clone(service));
+    let builder = tracer
+        .span_builder(span_name(method))
+        .with_kind(SpanKind::Client);
+    // A sampler may read the attributes OpenTelemetry asks to have at a span's start, unless it
+    // is the mesh's own ratio sampler, which reads only the trace id: then they are made only
+    // for a span that records them, and an unsampled request (most of them) builds no list.
+    let at_start = telemetry.sampler_reads_attributes();
+    let builder = if at_start {
+        // Room for what is added later, so that the span's list never reallocates. The request
+        // id is left to the server span, where it arrives as a request header.
+        let mut attributes = Vec::with_capacity(9);
+        attributes.extend(method_attributes(method));
+        attributes.push(server_address());
+        builder.with_attributes(attributes)
+    } else {
+        builder
+    };
+    let mut span = builder.start_with_context(tracer, &parent);
     if span.is_recording() {
-        span.set_attribute(KeyValue::new("url.path", request.uri().path().to_owned()));
-        if let Some(rpc) = rpc_attributes(request) {
-            span.set_attributes(rpc);
-        }
+        let start = (!at_start).then(|| method_attributes(method).chain([server_address()]));
+        span.set_attributes(
+            start
+                .into_iter()
+                .flatten()
+                .chain([KeyValue::new("url.path", request.uri().path().to_owned())])
+                .chain(rpc_attributes(request).into_iter().flatten()),
+        );
     }
     if span.span_context().is_sampled() {
         return parent.with_span(span);
@@ -498,7 +511,7 @@ where
         let cx = match (&trace.cx, self.telemetry.tracer()) {
             (Some(parent), Some(tracer)) => {
                 let mut attributes = Vec::with_capacity(11);
-                method_attributes(request.method(), &mut attributes);
+                attributes.extend(method_attributes(request.method()));
                 if resends > 0 {
                     attributes.push(KeyValue::new(
                         "http.request.resend_count",
@@ -582,17 +595,18 @@ pub(super) fn span_name(method: &Method) -> &'static str {
 
 /// `http.request.method`, and `http.request.method_original` for a non-standard method, which
 /// OpenTelemetry reports as `_OTHER` so that the attribute stays bounded.
-pub(super) fn method_attributes(method: &Method, attributes: &mut Vec<KeyValue>) {
-    match standard_method(method) {
-        Some(name) => attributes.push(KeyValue::new("http.request.method", name)),
-        None => {
-            attributes.push(KeyValue::new("http.request.method", "_OTHER"));
-            attributes.push(KeyValue::new(
+pub(super) fn method_attributes(method: &Method) -> impl Iterator<Item = KeyValue> {
+    let (name, original) = match standard_method(method) {
+        Some(name) => (name, None),
+        None => (
+            "_OTHER",
+            Some(KeyValue::new(
                 "http.request.method_original",
                 method.as_str().to_owned(),
-            ));
-        }
-    }
+            )),
+        ),
+    };
+    std::iter::once(KeyValue::new("http.request.method", name)).chain(original)
 }
 
 fn standard_method(method: &Method) -> Option<&'static str> {
@@ -618,3 +632,4 @@ pub(super) fn request_id_attribute(id: &str) -> KeyValue {
         Value::Array(Array::String(vec![id.to_owned().into()])),
     )
 }
+

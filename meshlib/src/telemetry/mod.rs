@@ -80,6 +80,9 @@ pub(crate) struct Telemetry {
     tracer: Option<SdkTracer>,
     provider: Option<SdkTracerProvider>,
     propagator: TextMapCompositePropagator,
+    /// Whether spans are sampled by a sampler that may read their attributes: one in a tracer
+    /// provider the application gave. The mesh's own samples on the trace id alone.
+    sampler_reads_attributes: bool,
     access_log: bool,
     request_id: bool,
     metrics: bool,
@@ -103,6 +106,7 @@ impl Telemetry {
         config: &TelemetryConfig,
         provider: Option<SdkTracerProvider>,
     ) -> Result<Self, ConfigError> {
+        let sampler_reads_attributes = provider.is_some();
         let provider = match provider {
             Some(provider) => Some(provider),
             None => Self::provider(config)?,
@@ -124,6 +128,7 @@ impl Telemetry {
                 Box::new(propagation::TraceContext::default()),
                 Box::new(BaggagePropagator::new()),
             ]),
+            sampler_reads_attributes,
             access_log: config.access_log,
             request_id: config.request_id,
             metrics: config.metrics,
@@ -136,6 +141,7 @@ impl Telemetry {
             tracer: None,
             provider: None,
             propagator: TextMapCompositePropagator::new(Vec::new()),
+            sampler_reads_attributes: false,
             access_log: false,
             request_id: false,
             metrics: false,
@@ -181,6 +187,11 @@ impl Telemetry {
         {
             tracing::warn!(%error, "flushing spans failed");
         }
+    }
+
+    /// Whether a span's sampler must be given the attributes known at its start.
+    pub(crate) fn sampler_reads_attributes(&self) -> bool {
+        self.sampler_reads_attributes
     }
 
     pub(crate) fn tracer(&self) -> Option<&SdkTracer> {
