@@ -15,7 +15,7 @@
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use super::access_log::Entry;
 use super::headers::HeaderInjector;
 use super::metrics::{RequestMetrics, Side};
-use super::request_id::{self, REQUEST_ID_HEADER};
+use super::request_id;
 use super::{StatusClass, Telemetry, trace_id};
 use crate::Error;
 
@@ -134,7 +134,7 @@ where
         // Kept for the access log only: a copy of a value made here costs an allocation.
         let request_id = telemetry
             .access_log
-            .then(|| request.headers().get(REQUEST_ID_HEADER).cloned())
+            .then(|| request.headers().get(request_id::HEADER_NAME).cloned())
             .flatten();
         let cx = telemetry
             .tracer()
@@ -208,22 +208,35 @@ fn request_context(
     request: &mut Request<Body>,
 ) -> Context {
     let parent = Context::current();
-    // Room for what is added later, so that the span's list never reallocates. The request id is
-    // left to the server span, where it arrives as a request header.
-    let mut attributes = Vec::with_capacity(9);
-    method_attributes(request.method(), &mut attributes);
-    attributes.push(KeyValue::new("server.address", Arc::clone(service)));
-    let mut span = tracer
-        .span_builder(span_name(request.method()))
-        .with_kind(SpanKind::Client)
-        .with_attributes(attributes)
-        .start_with_context(tracer, &parent);
-    // What the sampler does not need is built only for a span that records it.
+    let method = request.method();
+    let server_address = || KeyValue::new("server.address", Arc::clone(service));
+    let builder = tracer
+        .span_builder(span_name(method))
+        .with_kind(SpanKind::Client);
+    // A sampler may read the attributes OpenTelemetry asks to have at a span's start, unless it
+    // is the mesh's own ratio sampler, which reads only the trace id: then they are made only
+    // for a span that records them, and an unsampled request (most of them) builds no list.
+    let at_start = telemetry.sampler_reads_attributes();
+    let builder = if at_start {
+        // Room for what is added later, so that the span's list never reallocates. The request
+        // id is left to the server span, where it arrives as a request header.
+        let mut attributes = Vec::with_capacity(9);
+        attributes.extend(method_attributes(method));
+        attributes.push(server_address());
+        builder.with_attributes(attributes)
+    } else {
+        builder
+    };
+    let mut span = builder.start_with_context(tracer, &parent);
     if span.is_recording() {
-        span.set_attribute(KeyValue::new("url.path", request.uri().path().to_owned()));
-        if let Some(rpc) = rpc_attributes(request) {
-            span.set_attributes(rpc);
-        }
+        let start = (!at_start).then(|| method_attributes(method).chain([server_address()]));
+        span.set_attributes(
+            start
+                .into_iter()
+                .flatten()
+                .chain([KeyValue::new("url.path", request.uri().path().to_owned())])
+                .chain(rpc_attributes(request).into_iter().flatten()),
+        );
     }
     if span.span_context().is_sampled() {
         return parent.with_span(span);
@@ -261,11 +274,26 @@ fn is_sampled(cx: &Context) -> bool {
 /// Gives the request an id unless it has one: the id of the request being served, else a new
 /// one if ids are generated.
 fn give_request_id(request: &mut Request<Body>, generate: bool) {
-    if !request.headers().contains_key(REQUEST_ID_HEADER)
+    if !request.headers().contains_key(request_id::HEADER_NAME)
         && let Some(id) = request_id::current().or_else(|| generate.then(request_id::generate))
     {
         request.headers_mut().insert(request_id::HEADER_NAME, id);
     }
+}
+
+/// An IP address as text in a `String` of its exact length, where `to_string` grows its buffer
+/// twice on the way to a typical IPv4 address; made for every sampled attempt.
+fn address_text(ip: IpAddr) -> String {
+    use std::io::Write as _;
+    // The longest form, an IPv4-mapped IPv6 address, is 45 characters.
+    let mut buffer = [0u8; 64];
+    let unused = {
+        let mut rest = &mut buffer[..];
+        let _ = write!(rest, "{ip}");
+        rest.len()
+    };
+    let text = &buffer[..buffer.len() - unused];
+    std::str::from_utf8(text).unwrap_or_default().to_owned()
 }
 
 /// How a request, or an attempt, ended.
@@ -338,7 +366,7 @@ impl<'a> Outcome<'a> {
         if span.is_recording() {
             let peer = endpoint.map(|addr| {
                 [
-                    KeyValue::new("network.peer.address", addr.ip().to_string()),
+                    KeyValue::new("network.peer.address", address_text(addr.ip())),
                     KeyValue::new("network.peer.port", i64::from(addr.port())),
                 ]
             });
@@ -502,7 +530,7 @@ where
         let cx = match (&trace.cx, self.telemetry.tracer()) {
             (Some(parent), Some(tracer)) => {
                 let mut attributes = Vec::with_capacity(11);
-                method_attributes(request.method(), &mut attributes);
+                attributes.extend(method_attributes(request.method()));
                 if resends > 0 {
                     attributes.push(KeyValue::new(
                         "http.request.resend_count",
@@ -586,17 +614,18 @@ pub(super) fn span_name(method: &Method) -> &'static str {
 
 /// `http.request.method`, and `http.request.method_original` for a non-standard method, which
 /// OpenTelemetry reports as `_OTHER` so that the attribute stays bounded.
-pub(super) fn method_attributes(method: &Method, attributes: &mut Vec<KeyValue>) {
-    match standard_method(method) {
-        Some(name) => attributes.push(KeyValue::new("http.request.method", name)),
-        None => {
-            attributes.push(KeyValue::new("http.request.method", "_OTHER"));
-            attributes.push(KeyValue::new(
+pub(super) fn method_attributes(method: &Method) -> impl Iterator<Item = KeyValue> {
+    let (name, original) = match standard_method(method) {
+        Some(name) => (name, None),
+        None => (
+            "_OTHER",
+            Some(KeyValue::new(
                 "http.request.method_original",
                 method.as_str().to_owned(),
-            ));
-        }
-    }
+            )),
+        ),
+    };
+    std::iter::once(KeyValue::new("http.request.method", name)).chain(original)
 }
 
 fn standard_method(method: &Method) -> Option<&'static str> {
@@ -621,4 +650,26 @@ pub(super) fn request_id_attribute(id: &str) -> KeyValue {
         "http.request.header.x-request-id",
         Value::Array(Array::String(vec![id.to_owned().into()])),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_text_is_the_display_form_at_its_exact_length() {
+        let addresses: [IpAddr; 4] = [
+            "127.0.0.1".parse().unwrap(),
+            "255.255.255.255".parse().unwrap(),
+            "::1".parse().unwrap(),
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+                .parse()
+                .unwrap(),
+        ];
+        for ip in addresses {
+            let text = address_text(ip);
+            assert_eq!(text, ip.to_string());
+            assert_eq!(text.capacity(), text.len());
+        }
+    }
 }

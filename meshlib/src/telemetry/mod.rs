@@ -22,10 +22,11 @@
 //!   its parent, and meshlib's client takes whatever context is current as the parent of its own.
 //!
 //! Tracing off (no exporter configured and no tracer provider given) costs one branch per
-//! request: no span, no context, no header. The propagators are OpenTelemetry's own
+//! request: no span, no context, no header. Headers are read by OpenTelemetry's own propagators
 //! (`TraceContextPropagator` and `BaggagePropagator`), never a hand-written parser, so anything
 //! that speaks W3C trace context interoperates, and a malformed `traceparent` simply starts a new
-//! trace.
+//! trace. `traceparent` is written by a propagator of meshlib's (`propagation.rs`) into one
+//! exactly sized `String`, where the SDK's grows one three times: every request sent carries one.
 //!
 //! **Metrics** go through the [`metrics`](::metrics) facade with OpenTelemetry's names
 //! (`http.client.request.duration`, `http.server.request.duration`, ...; see [`names`]). Per
@@ -43,6 +44,7 @@ mod client;
 mod headers;
 pub(crate) mod metrics;
 mod otlp;
+mod propagation;
 mod request_id;
 mod server;
 mod stats;
@@ -51,7 +53,7 @@ use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Context, InstrumentationScope};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::propagation::BaggagePropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 
 pub use self::access_log::{ACCESS_LOG_TARGET, access_log_layer, access_log_layer_with_writer};
@@ -78,6 +80,9 @@ pub(crate) struct Telemetry {
     tracer: Option<SdkTracer>,
     provider: Option<SdkTracerProvider>,
     propagator: TextMapCompositePropagator,
+    /// Whether spans are sampled by a sampler that may read their attributes: one in a tracer
+    /// provider the application gave. The mesh's own samples on the trace id alone.
+    sampler_reads_attributes: bool,
     access_log: bool,
     request_id: bool,
     metrics: bool,
@@ -101,6 +106,7 @@ impl Telemetry {
         config: &TelemetryConfig,
         provider: Option<SdkTracerProvider>,
     ) -> Result<Self, ConfigError> {
+        let sampler_reads_attributes = provider.is_some();
         let provider = match provider {
             Some(provider) => Some(provider),
             None => Self::provider(config)?,
@@ -119,9 +125,10 @@ impl Telemetry {
             tracer,
             provider,
             propagator: TextMapCompositePropagator::new(vec![
-                Box::new(TraceContextPropagator::new()),
+                Box::new(propagation::TraceContext::default()),
                 Box::new(BaggagePropagator::new()),
             ]),
+            sampler_reads_attributes,
             access_log: config.access_log,
             request_id: config.request_id,
             metrics: config.metrics,
@@ -134,6 +141,7 @@ impl Telemetry {
             tracer: None,
             provider: None,
             propagator: TextMapCompositePropagator::new(Vec::new()),
+            sampler_reads_attributes: false,
             access_log: false,
             request_id: false,
             metrics: false,
@@ -179,6 +187,11 @@ impl Telemetry {
         {
             tracing::warn!(%error, "flushing spans failed");
         }
+    }
+
+    /// Whether a span's sampler must be given the attributes known at its start.
+    pub(crate) fn sampler_reads_attributes(&self) -> bool {
+        self.sampler_reads_attributes
     }
 
     pub(crate) fn tracer(&self) -> Option<&SdkTracer> {

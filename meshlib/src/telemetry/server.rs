@@ -141,7 +141,7 @@ where
                 .propagator()
                 .extract(&HeaderExtractor(request.headers()));
             let mut attributes = Vec::with_capacity(11);
-            method_attributes(request.method(), &mut attributes);
+            attributes.extend(method_attributes(request.method()));
             attributes.push(KeyValue::new("url.path", request.uri().path().to_owned()));
             attributes.push(KeyValue::new("url.scheme", "http"));
             attributes.push(KeyValue::new("meshlib.server", Arc::clone(&shared.service)));
