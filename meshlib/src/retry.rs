@@ -35,6 +35,7 @@ use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
+use smallvec::SmallVec;
 use tower::retry::budget::{Budget as _, TpsBudget};
 
 use crate::Error;
@@ -309,13 +310,13 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// The head of a request as retries need it, copied before the first attempt takes the original.
 ///
-/// The headers are kept as a list: copying them into a map would hash every name for a copy
-/// that is rarely used.
+/// The headers are kept as a list, held inline when there are few: copying them into a map would
+/// allocate and hash every name for a copy that is rarely used.
 struct Head {
     method: Method,
     uri: http::Uri,
     version: http::Version,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    headers: SmallVec<[(HeaderName, HeaderValue); 4]>,
     extensions: http::Extensions,
 }
 
