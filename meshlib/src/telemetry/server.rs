@@ -14,7 +14,7 @@ use std::task::{Context as TaskContext, Poll};
 use http::{HeaderValue, Method, Request, Response, Uri};
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::propagation::TextMapPropagator as _;
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use tokio::time::Instant;
 
@@ -140,27 +140,40 @@ where
             let parent = telemetry
                 .propagator()
                 .extract(&HeaderExtractor(request.headers()));
-            let mut attributes = Vec::with_capacity(11);
-            attributes.extend(method_attributes(request.method()));
-            attributes.push(KeyValue::new("url.path", request.uri().path().to_owned()));
-            attributes.push(KeyValue::new("url.scheme", "http"));
-            attributes.push(KeyValue::new("meshlib.server", Arc::clone(&shared.service)));
-            attributes.push(KeyValue::new(
-                "network.protocol.version",
-                protocol_version(request.version()),
-            ));
-            if let Some(peer) = &peer {
-                attributes.push(KeyValue::new("client.address", peer.addr.ip().to_string()));
-                attributes.push(KeyValue::new("client.port", i64::from(peer.addr.port())));
-            }
-            if let Some(id) = request_id.as_ref().and_then(|id| id.to_str().ok()) {
-                attributes.push(request_id_attribute(id));
-            }
-            let span = tracer
+            let attributes = || {
+                let mut attributes = Vec::with_capacity(11);
+                attributes.extend(method_attributes(request.method()));
+                attributes.push(KeyValue::new("url.path", request.uri().path().to_owned()));
+                attributes.push(KeyValue::new("url.scheme", "http"));
+                attributes.push(KeyValue::new("meshlib.server", Arc::clone(&shared.service)));
+                attributes.push(KeyValue::new(
+                    "network.protocol.version",
+                    protocol_version(request.version()),
+                ));
+                if let Some(peer) = &peer {
+                    attributes.push(KeyValue::new("client.address", peer.addr.ip().to_string()));
+                    attributes.push(KeyValue::new("client.port", i64::from(peer.addr.port())));
+                }
+                if let Some(id) = request_id.as_ref().and_then(|id| id.to_str().ok()) {
+                    attributes.push(request_id_attribute(id));
+                }
+                attributes
+            };
+            let builder = tracer
                 .span_builder(span_name(request.method()))
-                .with_kind(SpanKind::Server)
-                .with_attributes(attributes)
-                .start_with_context(tracer, &parent);
+                .with_kind(SpanKind::Server);
+            // As for the client's request span: with the mesh's own sampler, which reads only
+            // the trace id, the attributes are made only for a span that records them.
+            let at_start = telemetry.sampler_reads_attributes();
+            let builder = if at_start {
+                builder.with_attributes(attributes())
+            } else {
+                builder
+            };
+            let mut span = builder.start_with_context(tracer, &parent);
+            if !at_start && span.is_recording() {
+                span.set_attributes(attributes());
+            }
             parent.with_span(span)
         });
         // The context the application runs in: the server span, and the request id for its own
