@@ -80,6 +80,22 @@ impl Default for Outcome {
 }
 
 impl Outcome {
+    /// Records one request, sent at `sent` and completed at `done` with `result`.
+    pub fn record<E: std::fmt::Display>(
+        &mut self,
+        sent: Instant,
+        done: Instant,
+        result: Result<(), E>,
+    ) {
+        self.latency
+            .saturating_record(done.duration_since(sent).as_nanos() as u64);
+        self.requests += 1;
+        if let Err(error) = result {
+            self.errors += 1;
+            self.first_error.get_or_insert_with(|| error.to_string());
+        }
+    }
+
     /// Adds another run of the same variant, as when rounds of two variants are interleaved.
     pub fn merge(&mut self, other: &Outcome) {
         self.latency
@@ -137,14 +153,7 @@ where
             while now < deadline && sent.fetch_add(1, Ordering::Relaxed) < load.requests {
                 let result = send().await;
                 let done = Instant::now();
-                outcome
-                    .latency
-                    .saturating_record(done.duration_since(now).as_nanos() as u64);
-                outcome.requests += 1;
-                if let Err(error) = result {
-                    outcome.errors += 1;
-                    outcome.first_error.get_or_insert_with(|| error.to_string());
-                }
+                outcome.record(now, done, result);
                 now = done;
             }
             outcome

@@ -292,14 +292,7 @@ where
                 while now < until {
                     let result = call(&mut client, &payload).await;
                     let done = Instant::now();
-                    outcome
-                        .latency
-                        .saturating_record(done.duration_since(now).as_nanos() as u64);
-                    outcome.requests += 1;
-                    if let Err(error) = result {
-                        outcome.errors += 1;
-                        outcome.first_error.get_or_insert_with(|| error.to_string());
-                    }
+                    outcome.record(now, done, result);
                     now = done;
                 }
                 outcome
