@@ -24,7 +24,7 @@ use std::task::{Context as TaskContext, Poll, ready};
 use http::{HeaderValue, Method, Request, Response, Uri};
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
-use opentelemetry::{Array, Context, KeyValue, Value};
+use opentelemetry::{Array, Context, KeyValue, TraceId, Value};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
@@ -136,13 +136,16 @@ where
             .access_log
             .then(|| request.headers().get(request_id::HEADER_NAME).cloned())
             .flatten();
-        let cx = telemetry
+        let span = telemetry
             .tracer()
-            .map(|tracer| request_context(tracer, telemetry, &shared.service, &mut request));
-        let sampled = cx.as_ref().is_some_and(is_sampled);
-        let trace = (sampled || telemetry.access_log).then(|| {
+            .map(|tracer| request_span(tracer, telemetry, &shared.service, &mut request));
+        let sampled = match &span {
+            Some(RequestSpan::Recording(cx)) if is_sampled(cx) => Some(cx.clone()),
+            _ => None,
+        };
+        let trace = (sampled.is_some() || telemetry.access_log).then(|| {
             Arc::new(RequestTrace {
-                cx: cx.clone().filter(|_| sampled),
+                cx: sampled,
                 attempts: AtomicU32::new(0),
                 in_flight: AtomicU32::new(0),
             })
@@ -159,7 +162,7 @@ where
             shared: Arc::clone(shared),
             started,
             request_id,
-            cx,
+            span,
             trace,
             logged,
             finished: false,
@@ -197,16 +200,23 @@ where
     }
 }
 
-/// The request span, under the current context, as the context that ends it. A sampled span's
-/// context goes to the attempts, which send their own; an unsampled request's is injected into its
-/// headers here, once for all its attempts, and only a span that records anyway (a sampler's
-/// `RecordOnly`) is kept to be ended.
-fn request_context(
+/// The request span as the request layer keeps it until the request ends.
+enum RequestSpan {
+    /// A span that records (sampled, or a sampler's `RecordOnly`), in the context that ends it.
+    Recording(Context),
+    /// A span the sampler dropped: its trace id is all that is left to keep, for the access log.
+    Dropped(TraceId),
+}
+
+/// The request span, under the current context. A sampled span's context goes to the attempts,
+/// which send their own; any other request's is injected into its headers here, once for all
+/// its attempts. Only a span that records is kept to be ended.
+fn request_span(
     tracer: &opentelemetry_sdk::trace::SdkTracer,
     telemetry: &Telemetry,
     service: &Arc<str>,
     request: &mut Request<Body>,
-) -> Context {
+) -> RequestSpan {
     let parent = Context::current();
     let method = request.method();
     let server_address = || KeyValue::new("server.address", Arc::clone(service));
@@ -228,29 +238,29 @@ fn request_context(
         builder
     };
     let mut span = builder.start_with_context(tracer, &parent);
-    if span.is_recording() {
-        let start = (!at_start).then(|| method_attributes(method).chain([server_address()]));
-        span.set_attributes(
-            start
-                .into_iter()
-                .flatten()
-                .chain([KeyValue::new("url.path", request.uri().path().to_owned())])
-                .chain(rpc_attributes(request).into_iter().flatten()),
-        );
+    if !span.is_recording() {
+        // Nothing to record or end: the span's identity goes into the headers, and no context
+        // is made for it.
+        let span_context = span.span_context();
+        telemetry.inject_dropped(&parent, span_context, request.headers_mut());
+        return RequestSpan::Dropped(span_context.trace_id());
     }
-    if span.span_context().is_sampled() {
-        return parent.with_span(span);
+    let start = (!at_start).then(|| method_attributes(method).chain([server_address()]));
+    span.set_attributes(
+        start
+            .into_iter()
+            .flatten()
+            .chain([KeyValue::new("url.path", request.uri().path().to_owned())])
+            .chain(rpc_attributes(request).into_iter().flatten()),
+    );
+    let sampled = span.span_context().is_sampled();
+    let cx = parent.with_span(span);
+    if !sampled {
+        telemetry
+            .propagator()
+            .inject_context(&cx, &mut HeaderInjector(request.headers_mut()));
     }
-    let cx = if span.is_recording() {
-        parent.with_span(span)
-    } else {
-        // Nothing to record or end: the span's identity is all that is left to carry.
-        parent.with_remote_span_context(span.span_context().clone())
-    };
-    telemetry
-        .propagator()
-        .inject_context(&cx, &mut HeaderInjector(request.headers_mut()));
-    cx
+    RequestSpan::Recording(cx)
 }
 
 /// OpenTelemetry's RPC attributes of a gRPC call (`rpc.system`, `rpc.service`, `rpc.method`),
@@ -411,8 +421,8 @@ struct Outbound {
     shared: Arc<ClientShared>,
     started: Instant,
     request_id: Option<HeaderValue>,
-    /// The request span's context, sampled or not, when tracing.
-    cx: Option<Context>,
+    /// The request span, when tracing.
+    span: Option<RequestSpan>,
     trace: Option<Arc<RequestTrace>>,
     logged: Option<(Method, Uri)>,
     finished: bool,
@@ -427,12 +437,18 @@ impl Outbound {
             metrics.record(outcome.status_class(), elapsed, outcome.failed());
         }
         let endpoint = outcome.endpoint();
-        let cx = self.cx.as_ref();
-        if let Some(cx) = cx {
-            // The request span names no endpoint: its attempts do.
-            outcome.record_on_span(cx, None);
-            cx.span().end();
-        }
+        let trace_id = match &self.span {
+            Some(RequestSpan::Recording(cx)) => {
+                // The request span names no endpoint: its attempts do.
+                outcome.record_on_span(cx, None);
+                cx.span().end();
+                trace_id(Some(cx))
+            }
+            Some(RequestSpan::Dropped(trace_id)) => {
+                Some(*trace_id).filter(|&id| id != TraceId::INVALID)
+            }
+            None => None,
+        };
         if let Some((method, uri)) = &self.logged {
             let error_type = outcome.error_type();
             Entry {
@@ -454,7 +470,7 @@ impl Outbound {
                     .as_ref()
                     .and_then(|id| id.to_str().ok())
                     .unwrap_or(""),
-                trace_id: trace_id(cx),
+                trace_id,
                 peer: None,
                 peer_identity: "",
                 endpoint,

@@ -80,6 +80,8 @@ pub(crate) struct Telemetry {
     tracer: Option<SdkTracer>,
     provider: Option<SdkTracerProvider>,
     propagator: TextMapCompositePropagator,
+    /// The composite's baggage propagator, for [`Telemetry::inject_dropped`].
+    baggage: BaggagePropagator,
     /// Whether spans are sampled by a sampler that may read their attributes: one in a tracer
     /// provider the application gave. The mesh's own samples on the trace id alone.
     sampler_reads_attributes: bool,
@@ -128,6 +130,7 @@ impl Telemetry {
                 Box::new(propagation::TraceContext::default()),
                 Box::new(BaggagePropagator::new()),
             ]),
+            baggage: BaggagePropagator::new(),
             sampler_reads_attributes,
             access_log: config.access_log,
             request_id: config.request_id,
@@ -141,6 +144,7 @@ impl Telemetry {
             tracer: None,
             provider: None,
             propagator: TextMapCompositePropagator::new(Vec::new()),
+            baggage: BaggagePropagator::new(),
             sampler_reads_attributes: false,
             access_log: false,
             request_id: false,
@@ -201,6 +205,34 @@ impl Telemetry {
     fn propagator(&self) -> &TextMapCompositePropagator {
         &self.propagator
     }
+
+    /// Injects what the propagators would for a span the sampler dropped, `span_context`, child
+    /// of `parent`, without making it a context of its own: the same headers, written by the
+    /// composite's two propagators, `traceparent` (and `tracestate`) from the span context and
+    /// baggage from the parent's context, whose baggage the span's would be. `traceparent` goes
+    /// in a shared buffer, which the copy a retry takes of the request's headers shares.
+    fn inject_dropped(
+        &self,
+        parent: &Context,
+        span_context: &opentelemetry::trace::SpanContext,
+        headers: &mut http::HeaderMap,
+    ) {
+        use opentelemetry::propagation::TextMapPropagator as _;
+        if span_context.is_valid() {
+            headers.insert(
+                headers::TRACEPARENT,
+                propagation::traceparent_value(span_context),
+            );
+            let state = span_context.trace_state().header();
+            opentelemetry::propagation::Injector::set(
+                &mut headers::HeaderInjector(headers),
+                "tracestate",
+                state,
+            );
+        }
+        self.baggage
+            .inject_context(parent, &mut headers::HeaderInjector(headers));
+    }
 }
 
 /// The trace id of `cx`'s span, if it has a valid one, for logs.
@@ -251,5 +283,55 @@ impl StatusClass {
 
     fn index(self) -> usize {
         self as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::KeyValue;
+    use opentelemetry::baggage::BaggageExt as _;
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceState};
+
+    use super::*;
+
+    #[test]
+    fn a_dropped_span_is_injected_as_the_propagators_would_inject_its_context() {
+        let telemetry = Telemetry::new(&TelemetryConfig::default(), None).unwrap();
+        let parent = Context::new().with_baggage([KeyValue::new("tenant", "acme")]);
+        let state = TraceState::from_key_value([("vendor", "value")]).unwrap();
+        let span_contexts = [
+            SpanContext::new(
+                opentelemetry::TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+                SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+                TraceFlags::default(),
+                false,
+                TraceState::default(),
+            ),
+            SpanContext::new(
+                opentelemetry::TraceId::from_hex("0000000000000000000000000000000a").unwrap(),
+                SpanId::from_hex("ff00000000000001").unwrap(),
+                TraceFlags::default(),
+                false,
+                state,
+            ),
+            SpanContext::empty_context(),
+        ];
+        for span_context in span_contexts {
+            let mut ours = http::HeaderMap::new();
+            telemetry.inject_dropped(&parent, &span_context, &mut ours);
+            let mut composite = http::HeaderMap::new();
+            let cx = parent.with_remote_span_context(span_context.clone());
+            telemetry
+                .propagator()
+                .inject_context(&cx, &mut headers::HeaderInjector(&mut composite));
+            assert_eq!(ours, composite, "{span_context:?}");
+            assert_eq!(
+                ours.contains_key("traceparent"),
+                span_context.is_valid(),
+                "{span_context:?}"
+            );
+            assert_eq!(ours["baggage"], "tenant=acme");
+        }
     }
 }

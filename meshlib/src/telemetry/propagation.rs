@@ -1,5 +1,6 @@
 //! W3C trace context as the mesh propagates it: OpenTelemetry's `TraceContextPropagator`
-//! reads it, and [`TraceContext`] writes it with one exactly sized allocation.
+//! reads it, and [`TraceContext`] writes it with one exactly sized allocation; for a span the
+//! sampler dropped, [`traceparent_value`] writes it straight into a header value.
 //!
 //! The SDK's propagator formats `traceparent` with `format!`, which starts from an empty `String`
 //! and grows it three times on the way to 55 bytes, and leaves it in a buffer larger than the
@@ -45,27 +46,36 @@ impl TextMapPropagator for TraceContext {
     }
 }
 
-/// `00-{trace id}-{span id}-{flags}` in lowercase hex, in a `String` whose capacity is its
-/// length, so that `Bytes` takes it over without allocating again. Only the sampled flag is
-/// sent, as the W3C specification asks of a version 00 sender.
+/// `traceparent` for `span_context`, as the value of a header that requests copy for their
+/// retries: in a reference-counted buffer from the start, so that a copy costs no allocation.
+pub(crate) fn traceparent_value(span_context: &SpanContext) -> http::HeaderValue {
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(traceparent_bytes(span_context)))
+        .expect("hex digits and dashes are a valid header value")
+}
+
+/// `traceparent` in a `String` whose capacity is its length, so that `Bytes` takes it over
+/// without allocating again.
 fn traceparent(span_context: &SpanContext) -> String {
+    let value = String::from_utf8(traceparent_bytes(span_context).to_vec());
+    value.expect("hex digits and dashes are UTF-8")
+}
+
+/// `00-{trace id}-{span id}-{flags}` in lowercase hex. Only the sampled flag is sent, as the W3C
+/// specification asks of a version 00 sender.
+fn traceparent_bytes(span_context: &SpanContext) -> [u8; TRACEPARENT_LEN] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut value = String::with_capacity(TRACEPARENT_LEN);
-    let put = |bytes: &[u8], value: &mut String| {
-        for byte in bytes {
-            value.push(char::from(HEX[usize::from(byte >> 4)]));
-            value.push(char::from(HEX[usize::from(byte & 0xf)]));
+    let mut value = [b'-'; TRACEPARENT_LEN];
+    let put = |bytes: &[u8], out: &mut [u8]| {
+        for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
         }
     };
-    put(&[0], &mut value);
-    value.push('-');
-    put(&span_context.trace_id().to_bytes(), &mut value);
-    value.push('-');
-    put(&span_context.span_id().to_bytes(), &mut value);
-    value.push('-');
     let sampled = span_context.trace_flags() & opentelemetry::trace::TraceFlags::SAMPLED;
-    put(&[sampled.to_u8()], &mut value);
-    debug_assert_eq!(value.len(), TRACEPARENT_LEN);
+    put(&[0], &mut value[..2]);
+    put(&span_context.trace_id().to_bytes(), &mut value[3..35]);
+    put(&span_context.span_id().to_bytes(), &mut value[36..52]);
+    put(&[sampled.to_u8()], &mut value[53..]);
     value
 }
 
@@ -122,6 +132,10 @@ mod tests {
             if let Some(value) = ours.get(TRACEPARENT) {
                 assert_eq!(value.len(), TRACEPARENT_LEN);
                 assert_eq!(value.capacity(), TRACEPARENT_LEN);
+                assert_eq!(
+                    traceparent_value(&span_context).as_bytes(),
+                    value.as_bytes()
+                );
                 let read = TraceContext::default().extract(&ours);
                 let read = read.span().span_context().clone();
                 assert_eq!(read.trace_id(), span_context.trace_id());
