@@ -16,11 +16,14 @@ use tower_service::Service as _;
 /// What the collector received: path, content type and body of each request.
 type Received = Arc<Mutex<Vec<(String, String, Bytes)>>>;
 
-async fn collector() -> (AppServer, Received) {
+/// A collector that answers its first requests with `refusals`, in order, and 200 after that.
+async fn collector(refusals: &[StatusCode]) -> (AppServer, Received) {
     let received: Received = Arc::default();
     let keep = Arc::clone(&received);
+    let refusals = Arc::new(Mutex::new(refusals.to_vec()));
     let server = AppServer::start(tower::service_fn(move |request: Request<Incoming>| {
         let keep = Arc::clone(&keep);
+        let refusals = Arc::clone(&refusals);
         async move {
             let path = request.uri().path().to_owned();
             let content_type = request
@@ -31,7 +34,12 @@ async fn collector() -> (AppServer, Received) {
                 .to_owned();
             let body = request.into_body().collect().await.unwrap().to_bytes();
             keep.lock().unwrap().push((path, content_type, body));
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+            let mut response = Response::new(Full::new(Bytes::new()));
+            let mut refusals = refusals.lock().unwrap();
+            if !refusals.is_empty() {
+                *response.status_mut() = refusals.remove(0);
+            }
+            Ok::<_, Infallible>(response)
         }
     }))
     .await;
@@ -44,9 +52,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         .any(|window| window == needle)
 }
 
-#[tokio::test]
-async fn spans_reach_an_otlp_collector_as_protobuf() {
-    let (collector, received) = collector().await;
+/// Sends one request through a mesh exporting to `collector` and flushes its spans.
+async fn traced_request(collector: &AppServer) {
     let backend = TestServer::start("backend").await;
     let mesh = Mesh::new(
         MeshConfig::from_toml(&format!(
@@ -77,6 +84,12 @@ async fn spans_reach_an_otlp_collector_as_protobuf() {
     .await
     .expect("flushed in time")
     .unwrap();
+}
+
+#[tokio::test]
+async fn spans_reach_an_otlp_collector_as_protobuf() {
+    let (collector, received) = collector(&[]).await;
+    traced_request(&collector).await;
 
     let received = received.lock().unwrap().clone();
     let [(path, content_type, body)] = &received[..] else {
@@ -96,4 +109,27 @@ async fn spans_reach_an_otlp_collector_as_protobuf() {
         let wanted = expected != "http.request.resend_count";
         assert_eq!(found, wanted, "{expected:?} in the export");
     }
+}
+
+#[tokio::test]
+async fn an_export_the_collector_refuses_for_now_is_sent_again() {
+    let refusals = [
+        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::TOO_MANY_REQUESTS,
+    ];
+    let (collector, received) = collector(&refusals).await;
+    traced_request(&collector).await;
+
+    let received = received.lock().unwrap().clone();
+    assert_eq!(received.len(), 3, "two refusals, then accepted");
+    assert!(contains(&received[0].2, b"basket"));
+    assert!(received.iter().all(|(_, _, body)| body == &received[0].2));
+}
+
+#[tokio::test]
+async fn an_export_the_collector_rejects_is_not_sent_again() {
+    let (collector, received) = collector(&[StatusCode::BAD_REQUEST]).await;
+    traced_request(&collector).await;
+
+    assert_eq!(received.lock().unwrap().len(), 1);
 }

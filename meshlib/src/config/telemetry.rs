@@ -81,11 +81,12 @@ impl TelemetryConfig {
                     format_args!("{:?} is not a URL: {error}", self.endpoint),
                 )
             })?;
-            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            // Spans go to a collector or agent on the same host or network, in plain HTTP.
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
                 return Err(ConfigError::new(
                     "telemetry.endpoint",
                     format_args!(
-                        "{:?} is not an http:// or https:// URL with a host",
+                        "{:?} is not an http:// URL with a host (the exporter does not speak TLS)",
                         self.endpoint
                     ),
                 ));
@@ -121,7 +122,13 @@ mod tests {
         );
         assert_eq!(
             error("[telemetry]\nexporter = \"otlp\"\nendpoint = \"127.0.0.1:4318\"\n"),
-            "telemetry.endpoint: \"127.0.0.1:4318\" is not an http:// or https:// URL with a host"
+            "telemetry.endpoint: \"127.0.0.1:4318\" is not an http:// URL with a host (the exporter does not speak TLS)"
+        );
+        assert!(
+            error("[telemetry]\nexporter = \"otlp\"\nendpoint = \"https://collector/v1/traces\"\n")
+                .starts_with(
+                    "telemetry.endpoint: \"https://collector/v1/traces\" is not an http:// URL"
+                )
         );
         assert!(
             error("[telemetry]\nexporter = \"jaeger\"\n")
