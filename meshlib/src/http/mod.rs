@@ -39,6 +39,24 @@ impl<S> MeshService for S where
 {
 }
 
-/// The future of the layers from the retry layer inwards.
+/// The future of the timeout layer, which holds the futures of every layer below it.
 pub(crate) type BoxResponseFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<Body>, crate::Error>> + Send>>;
+
+/// The layers below the timeout layer (fault, retry, hedge, attempt telemetry, endpoints): a
+/// request and what its attempt is told, sent.
+///
+/// Not a tower `Service`, for two reasons that show on every request's path. The futures nest
+/// as they are, without a box per layer: the timeout layer boxes the whole once. And the attempt
+/// travels beside the request rather than in its extension map, where each attempt would
+/// allocate it again. A layer that must call its inner service after its future has started
+/// (retries, backups, delayed faults) shares it in an `Arc` rather than cloning it.
+pub(crate) trait AttemptService: Send + Sync + 'static {
+    /// Sends `request` under what `attempt` says, to be awaited later: work done before the
+    /// future is first polled happens when the layer above asks, as a tower `call` does.
+    fn send(
+        &self,
+        request: http::Request<Body>,
+        attempt: Attempt,
+    ) -> impl Future<Output = Result<http::Response<Body>, crate::Error>> + Send + 'static;
+}
