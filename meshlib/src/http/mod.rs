@@ -14,11 +14,12 @@ pub(crate) use self::connect::Connector;
 pub use self::endpoint::ServedBy;
 pub(crate) use self::endpoint::{Attempt, Endpoints};
 
-/// The services the outbound layers wrap and are: a request in, a response or a mesh error out.
+/// The services the outbound layers from the timeout layer outwards wrap and are: a request in,
+/// a response or a mesh error out.
 ///
-/// The layers above the retry layer have futures of their own type, nested in the
-/// [`ResponseFuture`] of an [`HttpClient`] call; a layer that hands its inner service's future on
-/// as its own asks for `MeshService<Future = BoxResponseFuture>`.
+/// Their futures are of their own types, nested in the [`ResponseFuture`] of an [`HttpClient`]
+/// call; the timeout layer's is the one box, holding the layers below it (see
+/// [`AttemptService`]).
 pub(crate) trait MeshService:
     tower_service::Service<
         http::Request<Body>,
