@@ -8,9 +8,11 @@
 //! so they add at most `max_extra_percent` to the load however slow the service gets. Requests
 //! that are not idempotent, or whose body was not buffered for replay, are never hedged.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_util::future::Either;
 
 use hdrhistogram::Histogram;
 use http::{Method, Request, Response};
@@ -20,7 +22,7 @@ use tower::retry::budget::{Budget as _, TpsBudget};
 use crate::Error;
 
 use crate::config::HedgeConfig;
-use crate::http::{Body, BoxResponseFuture, MeshService, ServedBy};
+use crate::http::{Attempt, AttemptService, Body, ServedBy};
 
 /// How long one latency histogram collects before it is used.
 const PERIOD: Duration = Duration::from_secs(10);
@@ -35,9 +37,9 @@ pub(crate) struct HedgeLayer {
 }
 
 /// Sends a backup for a slow idempotent request; a pass-through when hedging is off.
-#[derive(Clone)]
 pub(crate) struct Hedge<S> {
-    inner: S,
+    /// Shared with the futures of hedged requests, which send their backups later.
+    inner: Arc<S>,
     state: Option<Arc<State>>,
 }
 
@@ -87,7 +89,7 @@ impl<S> tower::Layer<S> for HedgeLayer {
 
     fn layer(&self, inner: S) -> Hedge<S> {
         Hedge {
-            inner,
+            inner: Arc::new(inner),
             state: self.state.clone(),
         }
     }
@@ -132,35 +134,41 @@ impl Latencies {
     }
 }
 
-impl<S> tower_service::Service<Request<Body>> for Hedge<S>
-where
-    S: MeshService<Future = BoxResponseFuture> + Clone + Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Error;
-    type Future = BoxResponseFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
+impl<S> Clone for Hedge<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            state: self.state.clone(),
+        }
     }
+}
 
-    fn call(&mut self, request: Request<Body>) -> BoxResponseFuture {
+impl<S> AttemptService for Hedge<S>
+where
+    S: AttemptService,
+{
+    fn send(
+        &self,
+        request: Request<Body>,
+        attempt: Attempt,
+    ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'static {
         let Some(state) = &self.state else {
-            return self.inner.call(request);
+            return Either::Left(self.inner.send(request, attempt));
         };
         state.budget.deposit();
         let backup = match *request.method() {
             Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE => {
-                clone_request(&request)
+                clone_request(&request).map(|backup| (backup, attempt.clone()))
             }
             _ => None,
         };
         let started = Instant::now();
         let delay = state.delay(started);
         let state = Arc::clone(state);
-        let mut inner = self.inner.clone();
-        let primary = inner.call(request);
-        Box::pin(async move {
+        let primary = self.inner.send(request, attempt);
+        let inner = Arc::clone(&self.inner);
+        // Boxed: hedging is configured for few services, and its future is a large one.
+        Either::Right(Box::pin(async move {
             let (Some(backup), Some(delay)) = (backup, delay) else {
                 let result = primary.await;
                 state.record(started.elapsed(), Instant::now());
@@ -181,7 +189,8 @@ where
             }
             tracing::debug!(service = %state.service, ?delay, "sending a hedged request");
             crate::telemetry::metrics::hedged(&state.service);
-            let secondary = inner.call(backup);
+            let (backup, attempt) = backup;
+            let secondary = inner.send(backup, attempt);
             tokio::pin!(secondary);
             // The first success, as the classifier saw it, wins; a failure waits for the other.
             let succeeded = |result: &Result<Response<Body>, Error>| {
@@ -196,7 +205,7 @@ where
             };
             state.record(started.elapsed(), Instant::now());
             result
-        })
+        }))
     }
 }
 

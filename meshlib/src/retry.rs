@@ -29,8 +29,8 @@
 //! waited for: only what the caller has already written is buffered, so a unary call (one
 //! message, written at once) is replayable and a stream that waits for answers is sent once.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
@@ -42,7 +42,7 @@ use crate::Error;
 use crate::classify::Classifier;
 use crate::config::RetryConfig;
 use crate::deadline::Deadline;
-use crate::http::{Attempt, Body, BoxResponseFuture, MeshService, ServedBy};
+use crate::http::{Attempt, AttemptService, Body, ServedBy};
 use crate::route::Routed;
 use crate::telemetry::metrics;
 
@@ -54,10 +54,15 @@ pub(crate) struct RetryLayer {
 
 /// Retries requests the classifier calls retryable, within the attempt limit, the deadline and
 /// the service's retry budget.
-#[derive(Clone)]
 pub(crate) struct Retry<S> {
-    inner: S,
+    /// Shared with each request's future, which sends its attempts: one reference count rather
+    /// than a clone of every layer below.
+    shared: Arc<Shared<S>>,
+}
+
+struct Shared<S> {
     policy: Arc<Policy>,
+    inner: S,
 }
 
 struct Policy {
@@ -105,91 +110,92 @@ impl<S> tower::Layer<S> for RetryLayer {
 
     fn layer(&self, inner: S) -> Retry<S> {
         Retry {
-            inner,
-            policy: Arc::clone(&self.policy),
+            shared: Arc::new(Shared {
+                policy: Arc::clone(&self.policy),
+                inner,
+            }),
         }
     }
 }
 
-impl<S> tower_service::Service<Request<Body>> for Retry<S>
-where
-    S: MeshService<Future = BoxResponseFuture> + Clone + Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Error;
-    type Future = BoxResponseFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> BoxResponseFuture {
-        let policy = Arc::clone(&self.policy);
-        let inner = self.inner.clone();
-        Box::pin(policy.send(inner, request))
+impl<S> Clone for Retry<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
     }
 }
 
-impl Policy {
-    async fn send<S>(
-        self: Arc<Self>,
-        mut inner: S,
+impl<S> AttemptService for Retry<S>
+where
+    S: AttemptService,
+{
+    fn send(
+        &self,
         request: Request<Body>,
-    ) -> Result<Response<Body>, Error>
-    where
-        S: MeshService,
-    {
-        if let Some(budget) = &self.budget {
+        attempt: Attempt,
+    ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'static {
+        Arc::clone(&self.shared).send(request, attempt.deadline)
+    }
+}
+
+impl<S> Shared<S>
+where
+    S: AttemptService,
+{
+    async fn send(
+        self: Arc<Self>,
+        request: Request<Body>,
+        deadline: Option<Deadline>,
+    ) -> Result<Response<Body>, Error> {
+        let inner = &self.inner;
+        let policy = &*self.policy;
+        if let Some(budget) = &policy.budget {
             budget.deposit();
         }
-        let deadline = request
-            .extensions()
-            .get::<Attempt>()
-            .and_then(|attempt| attempt.deadline);
         // A route may override the service's attempts, per-try timeout and method rule.
         let route = request
             .extensions()
             .get::<Routed>()
             .and_then(|routed| routed.route.retry.clone())
             .unwrap_or_default();
-        let max_attempts = route.max_attempts.unwrap_or(self.max_attempts);
-        let per_try_timeout = route.per_try_timeout.or(self.per_try_timeout);
-        let non_idempotent = route.non_idempotent.unwrap_or(self.non_idempotent);
+        let max_attempts = route.max_attempts.unwrap_or(policy.max_attempts);
+        let per_try_timeout = route.per_try_timeout.or(policy.per_try_timeout);
+        let non_idempotent = route.non_idempotent.unwrap_or(policy.non_idempotent);
         let idempotent = non_idempotent || is_idempotent(request.method());
         let grpc = crate::grpc::is_grpc(request.headers());
         let (parts, body) = request.into_parts();
         let body = match max_attempts {
             1 => Err(body),
-            _ => body.into_replayable(self.max_replay_bytes, !grpc).await,
+            _ => body.into_replayable(policy.max_replay_bytes, !grpc).await,
         };
         let body = match body {
             Ok(body) => body,
             // Too large to send twice: one attempt, whatever happens.
             Err(body) => {
-                let mut request = Request::from_parts(parts, body);
-                set_attempt(&mut request, attempt(deadline, per_try_timeout, Vec::new()));
-                return inner.call(request).await;
+                let request = Request::from_parts(parts, body);
+                return inner
+                    .send(request, attempt(deadline, per_try_timeout, Vec::new()))
+                    .await;
             }
         };
 
         // The first attempt sends the request's own head; retries send copies of it.
         let head = Head::copy(&parts);
         let mut first = Some(parts);
-        let mut backoff = self.backoff.build();
+        let mut backoff = policy.backoff.build();
         let mut avoid = Vec::new();
         let mut attempts = 1;
         let mut failed = None;
         loop {
             let body = Body::from(body.clone());
-            let mut request = match first.take() {
+            let request = match first.take() {
                 Some(parts) => Request::from_parts(parts, body),
                 None => head.request(body),
             };
-            set_attempt(
-                &mut request,
-                attempt(deadline, per_try_timeout, avoid.clone()),
-            );
-            let result = inner.call(request).await;
+            let result = inner
+                .send(request, attempt(deadline, per_try_timeout, avoid.clone()))
+                .await;
             // A retry that found every endpoint ejected (the failure it retries may be what
             // ejected the last one) was never sent: the failure that caused it is the answer.
             if let (Err(error), Some(previous)) = (&result, failed.take())
@@ -205,11 +211,11 @@ impl Policy {
                         Some(class) => class,
                         // A gRPC answer classified at its end: committed, never retried.
                         None if grpc => return result,
-                        None => self.classifier.response(response),
+                        None => policy.classifier.response(response),
                     };
                     (class, served.map(|served| served.endpoint))
                 }
-                Err(error) => (self.classifier.error(error), error.endpoint()),
+                Err(error) => (policy.classifier.error(error), error.endpoint()),
             };
             if !class.is_retryable() || attempts >= max_attempts {
                 return result;
@@ -221,7 +227,7 @@ impl Policy {
             if !idempotent && !never_sent && !declared {
                 return result;
             }
-            let ceiling = backoff.next().unwrap_or(self.backoff_max);
+            let ceiling = backoff.next().unwrap_or(policy.backoff_max);
             let mut wait = ceiling.mul_f64(fastrand::f64());
             if let Ok(response) = &result {
                 if grpc {
@@ -230,10 +236,10 @@ impl Policy {
                         Pushback::After(after) => {
                             // A44: the pushback replaces the backoff, which starts over.
                             wait = after;
-                            backoff = self.backoff.build();
+                            backoff = policy.backoff.build();
                         }
                         Pushback::Stop => {
-                            tracing::debug!(service = %self.service, attempts, "server pushback: no retry");
+                            tracing::debug!(service = %policy.service, attempts, "server pushback: no retry");
                             return result;
                         }
                     }
@@ -244,15 +250,15 @@ impl Policy {
             if deadline.is_some_and(|deadline| deadline.remaining() <= wait) {
                 return result;
             }
-            if let Some(budget) = &self.budget
+            if let Some(budget) = &policy.budget
                 && !budget.withdraw()
             {
-                tracing::debug!(service = %self.service, attempts, "retry budget exhausted; returning the failure");
-                metrics::retry_budget_exhausted(&self.service);
+                tracing::debug!(service = %policy.service, attempts, "retry budget exhausted; returning the failure");
+                metrics::retry_budget_exhausted(&policy.service);
                 return result;
             }
-            tracing::debug!(service = %self.service, attempts, endpoint = ?served_by, ?wait, "retrying");
-            metrics::retried(&self.service);
+            tracing::debug!(service = %policy.service, attempts, endpoint = ?served_by, ?wait, "retrying");
+            metrics::retried(&policy.service);
             avoid.extend(served_by);
             // An error is kept in case the retry cannot be sent; a response is let go, so that
             // its connection is free for the retry.
@@ -290,17 +296,6 @@ fn attempt(
     }
 }
 
-/// Gives the request its attempt, in place of the one the timeout layer gave it: an extension
-/// replaced is not allocated again.
-fn set_attempt(request: &mut Request<Body>, attempt: Attempt) {
-    match request.extensions_mut().get_mut::<Attempt>() {
-        Some(slot) => *slot = attempt,
-        None => {
-            request.extensions_mut().insert(attempt);
-        }
-    }
-}
-
 fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -322,7 +317,6 @@ struct Head {
 
 impl Head {
     fn copy(parts: &http::request::Parts) -> Self {
-        let extensions = &parts.extensions;
         Self {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -332,12 +326,7 @@ impl Head {
                 .iter()
                 .map(|(name, value)| (name.clone(), value.clone()))
                 .collect(),
-            // The attempt is each retry's own: alone, nothing needs copying.
-            extensions: if extensions.len() == 1 && extensions.get::<Attempt>().is_some() {
-                http::Extensions::new()
-            } else {
-                extensions.clone()
-            },
+            extensions: parts.extensions.clone(),
         }
     }
 
@@ -416,10 +405,6 @@ mod tests {
             .header("x-user", "bob")
             .body(Body::empty())
             .unwrap();
-        request.extensions_mut().insert(Attempt {
-            per_try: true,
-            ..Attempt::default()
-        });
         request.extensions_mut().insert(Tenant("bookinfo"));
         let (parts, _) = request.into_parts();
 
@@ -432,12 +417,6 @@ mod tests {
             retry.extensions().get::<Tenant>(),
             Some(&Tenant("bookinfo"))
         );
-
-        // With the attempt alone, a retry starts with no extensions: it is given its own.
-        let mut parts = parts;
-        parts.extensions.remove::<Tenant>();
-        let retry = Head::copy(&parts).request(Body::empty());
-        assert!(retry.extensions().is_empty());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! The deadline is the service's `timeout` from now, or the deadline of the request this task is
 //! serving if that is sooner (see [`crate::deadline`]). Inner layers read it from the request's
-//! [`Attempt`] extension: the retry layer stops when it has passed, each attempt is cut off at it, and the
+//! [`Attempt`] it passes down: the retry layer stops when it has passed, each attempt is cut off at it, and the
 //! endpoint layer announces the time left to the next hop. A request whose deadline has passed
 //! before it starts fails at once, without reaching an endpoint.
 //!
@@ -23,7 +23,7 @@ use tokio::time::Sleep;
 
 use crate::Error;
 use crate::deadline::Deadline;
-use crate::http::{Attempt, Body, MeshService};
+use crate::http::{Attempt, AttemptService, Body, BoxResponseFuture};
 use crate::route::Routed;
 
 /// Adds [`Timeout`] to a stack.
@@ -64,17 +64,19 @@ impl<S> tower::Layer<S> for TimeoutLayer {
 
 impl<S> tower_service::Service<Request<Body>> for Timeout<S>
 where
-    S: MeshService,
+    S: AttemptService,
 {
     type Response = Response<Body>;
     type Error = Error;
-    type Future = TimeoutFuture<S::Future>;
+    /// Boxed once here for every layer below, whose futures nest unboxed (see
+    /// [`AttemptService`]).
+    type Future = BoxResponseFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
         let timeout = request
             .extensions()
             .get::<Routed>()
@@ -100,35 +102,30 @@ where
             // the handler used it up). Sending would be work nobody waits for, and the
             // attempt's timeout would count against an endpoint that did nothing wrong.
             let error = Error::timeout(&self.service, allowed, None);
-            return TimeoutFuture::Expired { error: Some(error) };
+            return Box::pin(std::future::ready(Err(error)));
         }
-        request.extensions_mut().insert(Attempt {
+        let attempt = Attempt {
             deadline: Some(deadline),
             ..Attempt::default()
-        });
-        TimeoutFuture::Running {
-            response: self.inner.call(request),
+        };
+        Box::pin(TimeoutFuture {
+            response: self.inner.send(request, attempt),
             expiry: tokio::time::sleep_until(deadline.instant()),
             service: Arc::clone(&self.service),
             allowed,
-        }
+        })
     }
 }
 
 pin_project! {
-    /// The future of a call under a [`Timeout`]: the call racing its deadline, or the failure of
-    /// a call whose deadline had passed before it started.
-    #[project = TimeoutFutureProj]
-    pub(crate) enum TimeoutFuture<F> {
-        Running {
-            #[pin]
-            response: F,
-            #[pin]
-            expiry: Sleep,
-            service: Arc<str>,
-            allowed: Duration,
-        },
-        Expired { error: Option<Error> },
+    /// The future of a call under a [`Timeout`]: the call racing its deadline.
+    struct TimeoutFuture<F> {
+        #[pin]
+        response: F,
+        #[pin]
+        expiry: Sleep,
+        service: Arc<str>,
+        allowed: Duration,
     }
 }
 
@@ -139,24 +136,13 @@ where
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        match self.project() {
-            TimeoutFutureProj::Running {
-                response,
-                expiry,
-                service,
-                allowed,
-            } => {
-                // The answer first: one that arrives with the deadline still counts.
-                if let Poll::Ready(result) = response.poll(cx) {
-                    return Poll::Ready(result);
-                }
-                expiry
-                    .poll(cx)
-                    .map(|()| Err(Error::timeout(service, *allowed, None)))
-            }
-            TimeoutFutureProj::Expired { error } => {
-                Poll::Ready(Err(error.take().expect("polled after it was ready")))
-            }
+        let this = self.project();
+        // The answer first: one that arrives with the deadline still counts.
+        if let Poll::Ready(result) = this.response.poll(cx) {
+            return Poll::Ready(result);
         }
+        this.expiry
+            .poll(cx)
+            .map(|()| Err(Error::timeout(this.service, *this.allowed, None)))
     }
 }

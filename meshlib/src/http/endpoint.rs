@@ -5,10 +5,10 @@
 //! `x-mesh-timeout-ms`, and its answer is classified by its `grpc-status`: at the head when the
 //! head carries it, at the end of the body otherwise (see [`crate::classify`]).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::HOST;
@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use super::connect::Connector;
-use super::{Body, BoxResponseFuture};
+use super::{AttemptService, Body};
 use crate::Error;
 use crate::balance::{BalancedEndpoint, Balancer, Target, Unavailable};
 use crate::classify::{self, Class, Classifier, EndOfStream};
@@ -28,10 +28,9 @@ use crate::deadline::Deadline;
 use crate::identity::Identity;
 use crate::route::Routed;
 
-/// What the layers above tell the endpoint layer about one attempt, as a request extension: the
-/// timeout layer gives it the request's deadline, and the retry layer narrows that to the
-/// per-try timeout and names the endpoints to avoid. One extension rather than one per layer,
-/// because each attempt copies the request's extensions.
+/// What the layers above tell the endpoint layer about one attempt, passed beside the request
+/// (see [`AttemptService`]): the timeout layer gives it the request's deadline, and the retry
+/// layer narrows that to the per-try timeout and names the endpoints to avoid.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Attempt {
     /// When this attempt must be answered: the request's deadline or its per-try timeout.
@@ -108,28 +107,23 @@ impl Endpoints {
     }
 }
 
-impl tower_service::Service<Request<Body>> for Endpoints {
-    type Response = Response<Body>;
-    type Error = Error;
-    type Future = BoxResponseFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        // Readiness is decided per request, among the endpoints that are ready.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> BoxResponseFuture {
+impl AttemptService for Endpoints {
+    fn send(
+        &self,
+        request: Request<Body>,
+        attempt: Attempt,
+    ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'static {
         let inner = Arc::clone(&self.inner);
-        Box::pin(async move { inner.send(request).await })
+        async move { inner.send(request, attempt).await }
     }
 }
 
 impl Inner {
-    async fn send(&self, mut request: Request<Body>) -> Result<Response<Body>, Error> {
-        let attempt = request
-            .extensions_mut()
-            .remove::<Attempt>()
-            .unwrap_or_default();
+    async fn send(
+        &self,
+        mut request: Request<Body>,
+        attempt: Attempt,
+    ) -> Result<Response<Body>, Error> {
         let routed = request.extensions().get::<Routed>();
         let target = Target {
             subset: routed.and_then(|routed| routed.subset),

@@ -14,11 +14,12 @@ pub(crate) use self::connect::Connector;
 pub use self::endpoint::ServedBy;
 pub(crate) use self::endpoint::{Attempt, Endpoints};
 
-/// The services the outbound layers wrap and are: a request in, a response or a mesh error out.
+/// The services the outbound layers from the timeout layer outwards wrap and are: a request in,
+/// a response or a mesh error out.
 ///
-/// The layers above the retry layer have futures of their own type, nested in the
-/// [`ResponseFuture`] of an [`HttpClient`] call; a layer that hands its inner service's future on
-/// as its own asks for `MeshService<Future = BoxResponseFuture>`.
+/// Their futures are of their own types, nested in the [`ResponseFuture`] of an [`HttpClient`]
+/// call; the timeout layer's is the one box, holding the layers below it (see
+/// [`AttemptService`]).
 pub(crate) trait MeshService:
     tower_service::Service<
         http::Request<Body>,
@@ -39,6 +40,24 @@ impl<S> MeshService for S where
 {
 }
 
-/// The future of the layers from the retry layer inwards.
+/// The future of the timeout layer, which holds the futures of every layer below it.
 pub(crate) type BoxResponseFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<Body>, crate::Error>> + Send>>;
+
+/// The layers below the timeout layer (fault, retry, hedge, attempt telemetry, endpoints): a
+/// request and what its attempt is told, sent.
+///
+/// Not a tower `Service`, for two reasons that show on every request's path. The futures nest
+/// as they are, without a box per layer: the timeout layer boxes the whole once. And the attempt
+/// travels beside the request rather than in its extension map, where each attempt would
+/// allocate it again. A layer that must call its inner service after its future has started
+/// (retries, backups, delayed faults) shares it in an `Arc` rather than cloning it.
+pub(crate) trait AttemptService: Send + Sync + 'static {
+    /// Sends `request` under what `attempt` says, to be awaited later: work done before the
+    /// future is first polled happens when the layer above asks, as a tower `call` does.
+    fn send(
+        &self,
+        request: http::Request<Body>,
+        attempt: Attempt,
+    ) -> impl Future<Output = Result<http::Response<Body>, crate::Error>> + Send + 'static;
+}

@@ -6,16 +6,18 @@
 //! against the caller's deadline, and an injected abort is the answer, not something to retry,
 //! as when the fault is injected in front of the caller's proxy.
 
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::header::HeaderName;
 use http::{Request, Response, StatusCode};
 
 use super::config::FaultConfig;
 use super::table::{Routed, ValueMatchCompiled, headers_match};
 use crate::Error;
-use crate::http::{Body, BoxResponseFuture, MeshService};
+use crate::http::{Attempt, AttemptService, Body};
 
 /// The header on a response that a fault produced, naming the fault.
 pub const FAULT_HEADER: &str = "x-mesh-fault";
@@ -61,37 +63,43 @@ impl<S> tower::Layer<S> for FaultLayer {
     type Service = FaultService<S>;
 
     fn layer(&self, inner: S) -> FaultService<S> {
-        FaultService { inner }
+        FaultService {
+            inner: Arc::new(inner),
+        }
     }
 }
 
 /// Injects the faults of the request's route.
-#[derive(Clone)]
 pub(crate) struct FaultService<S> {
-    inner: S,
+    /// Shared with the future of a delayed request, which sends it when the delay is over.
+    inner: Arc<S>,
 }
 
-impl<S> tower_service::Service<Request<Body>> for FaultService<S>
-where
-    S: MeshService<Future = BoxResponseFuture> + Clone + Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Error;
-    type Future = BoxResponseFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
+impl<S> Clone for FaultService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
     }
+}
 
-    fn call(&mut self, request: Request<Body>) -> BoxResponseFuture {
+impl<S> AttemptService for FaultService<S>
+where
+    S: AttemptService,
+{
+    fn send(
+        &self,
+        request: Request<Body>,
+        attempt: Attempt,
+    ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'static {
         let Some(routed) = request.extensions().get::<Routed>() else {
-            return self.inner.call(request);
+            return Either::Left(self.inner.send(request, attempt));
         };
         let Some(fault) = &routed.route.fault else {
-            return self.inner.call(request);
+            return Either::Left(self.inner.send(request, attempt));
         };
         if !headers_match(&fault.headers, request.headers()) {
-            return self.inner.call(request);
+            return Either::Left(self.inner.send(request, attempt));
         }
         let delay = fault
             .delay
@@ -101,9 +109,10 @@ where
             .abort
             .filter(|&(_, percent)| chance(percent))
             .map(|(status, _)| status);
-        let route = std::sync::Arc::clone(&routed.route.name);
-        let mut inner = self.inner.clone();
-        Box::pin(async move {
+        let route = Arc::clone(&routed.route.name);
+        let inner = Arc::clone(&self.inner);
+        // Boxed: a route with faults is a test of the callers, not their fast path.
+        Either::Right(Box::pin(async move {
             if let Some(delay) = delay {
                 tracing::debug!(%route, ?delay, "injecting a delay");
                 tokio::time::sleep(delay).await;
@@ -116,7 +125,7 @@ where
                     .body(Body::from("fault injected\n"))
                     .expect("a static response is valid"));
             }
-            inner.call(request).await
-        })
+            inner.send(request, attempt).await
+        }))
     }
 }

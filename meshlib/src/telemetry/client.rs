@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context as TaskContext, Poll, ready};
 
+use futures_util::future::Either;
 use http::{HeaderValue, Method, Request, Response, Uri};
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
@@ -36,7 +37,7 @@ use super::{StatusClass, Telemetry, trace_id};
 use crate::Error;
 
 use crate::grpc::RpcMethod;
-use crate::http::{Body, BoxResponseFuture, MeshService, ServedBy};
+use crate::http::{Attempt, AttemptService, Body, MeshService, ServedBy};
 
 /// Adds [`ClientTelemetry`] to a stack.
 #[derive(Clone)]
@@ -523,21 +524,17 @@ pub struct AttemptTelemetry<S> {
     telemetry: Arc<Telemetry>,
 }
 
-impl<S> tower_service::Service<Request<Body>> for AttemptTelemetry<S>
+impl<S> AttemptService for AttemptTelemetry<S>
 where
-    S: MeshService<Future = BoxResponseFuture>,
+    S: AttemptService,
 {
-    type Response = Response<Body>;
-    type Error = Error;
-    type Future = BoxResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<Body>) -> BoxResponseFuture {
+    fn send(
+        &self,
+        mut request: Request<Body>,
+        attempt: Attempt,
+    ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'static {
         let Some(TraceHandle(trace)) = request.extensions().get::<TraceHandle>().cloned() else {
-            return self.inner.call(request);
+            return Either::Left(self.inner.send(request, attempt));
         };
         let resends = trace.attempts.fetch_add(1, Ordering::Relaxed);
         let hedge = trace.in_flight.fetch_add(1, Ordering::AcqRel) > 0;
@@ -570,13 +567,13 @@ where
             }
             _ => None,
         };
-        let response = self.inner.call(request);
+        let response = self.inner.send(request, attempt);
         let mut attempt = InFlightAttempt {
             trace,
             cx,
             finished: false,
         };
-        Box::pin(async move {
+        Either::Right(async move {
             let mut result = response.await;
             if let Some(cx) = attempt.finish(Outcome::of(&result)) {
                 // A gRPC answer whose status comes in its trailers ends its span with them.
