@@ -1,10 +1,10 @@
 //! The overall timeout of a request, retries and backoff included.
 //!
 //! The deadline is the service's `timeout` from now, or the deadline of the request this task is
-//! serving if that is sooner (see [`crate::deadline`]). Inner layers read it from the request's
-//! [`Attempt`] it passes down: the retry layer stops when it has passed, each attempt is cut off at it, and the
-//! endpoint layer announces the time left to the next hop. A request whose deadline has passed
-//! before it starts fails at once, without reaching an endpoint.
+//! serving if that is sooner (see [`crate::deadline`]). Inner layers read it from the [`Attempt`]
+//! this layer passes down: the retry layer stops when it has passed, each attempt is cut off at
+//! it, and the endpoint layer announces the time left to the next hop. A request whose deadline
+//! has passed before it starts fails at once, without reaching an endpoint.
 //!
 //! A gRPC call may also carry its own `grpc-timeout` (tonic's `Request::set_timeout`); the
 //! sooner of that and the rest wins. The deadline covers the wait for the response head: the
