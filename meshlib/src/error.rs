@@ -78,7 +78,7 @@ impl Error {
 
     /// A failure of the HTTP client towards `endpoint`.
     pub(crate) fn client(
-        error: hyper_util::client::legacy::Error,
+        error: crate::http::SendError,
         service: &Arc<str>,
         endpoint: SocketAddr,
     ) -> Self {
@@ -87,7 +87,9 @@ impl Error {
         } else {
             Kind::Request
         };
-        let mut error = Self::new(kind).with_service(service).with_source(error);
+        let mut error = Self::new(kind)
+            .with_service(service)
+            .with_source(error.into_source());
         error.inner.endpoint = Some(endpoint);
         error
     }

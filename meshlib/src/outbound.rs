@@ -63,7 +63,7 @@ pub(crate) fn http(
 ///    attempt's `traceparent`, so that the server's span is the attempt's child;
 /// 8. endpoints: pick an endpoint of the subset among those ready (discovered, healthy, breaker
 ///    closed, under their own limit), in the caller's zone when enough are, by the balancer's
-///    policy; send the request over a pooled connection (mTLS when the endpoint must present an
+///    policy; send the request over a kept connection (mTLS when the endpoint must present an
 ///    identity) announcing the time left; classify the answer once and feed that class to the
 ///    endpoint's load and breaker.
 pub(crate) fn stack(

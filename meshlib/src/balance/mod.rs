@@ -25,11 +25,12 @@
 
 mod load;
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -98,6 +99,10 @@ pub struct BalancedEndpoint {
     out: AtomicU8,
     removed: AtomicBool,
     status: Arc<Status>,
+    /// What the transport keeps for this endpoint (its own HTTP/2 connection), made by the
+    /// first request and dropped with the endpoint: once discovery has removed it and its last
+    /// request has finished. Untyped, so that balancing knows nothing of how requests travel.
+    attached: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 impl fmt::Debug for BalancedEndpoint {
@@ -142,7 +147,16 @@ impl BalancedEndpoint {
             out: AtomicU8::new(0),
             removed: AtomicBool::new(false),
             status: Arc::clone(status),
+            attached: OnceLock::new(),
         }
+    }
+
+    /// The transport's state for this endpoint, made by `init` the first time; `None` if the
+    /// state attached is of another type.
+    pub(crate) fn attached<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        self.attached
+            .get_or_init(|| Box::new(init()))
+            .downcast_ref()
     }
 
     /// The endpoint as discovery described it.

@@ -1,10 +1,11 @@
-//! The connector under the pooled client: TCP, then mTLS when the endpoint must prove who it is.
+//! The connector under the transports (see `transport.rs`): TCP, then mTLS when the endpoint
+//! must prove who it is.
 //!
 //! Whether a connection uses mTLS is decided per endpoint when it is made: an endpoint's
 //! `identity` label, or else its service's `identity`, names the SPIFFE ID the server must
-//! present; with neither, the connection is plaintext. The pool keeps connections per endpoint
-//! address, so the decision (and its cost: a label lookup, a TLS 1.3 handshake) is paid once per
-//! connection, never per request. The client configuration for each expected ID is built once and
+//! present; with neither, the connection is plaintext. Connections are kept per endpoint (by the
+//! pool, or on the endpoint itself for HTTP/2), so the decision (and its cost: a label lookup, a
+//! TLS 1.3 handshake) is paid once per connection, never per request. The client configuration for each expected ID is built once and
 //! kept; the identity's rotation reaches it through its resolver and verifier.
 //!
 //! ALPN offers the service's configured protocol only (`h2` or `http/1.1`): the protocol is the
@@ -40,7 +41,7 @@ use crate::identity::{Identity, SpiffeId};
 /// Connects to endpoints, with mTLS where an identity is expected of them.
 ///
 /// One `Arc` to clone: the pooled client clones its connector for every request, whether or not
-/// the request then needs a new connection.
+/// the request then needs a new connection (the HTTP/2 transport only when it connects).
 #[derive(Clone)]
 pub(crate) struct Connector {
     shared: Arc<Shared>,

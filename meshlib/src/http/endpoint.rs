@@ -1,5 +1,6 @@
 //! The innermost layer of the outbound stack: pick an endpoint, send the request to it over a
-//! pooled connection, classify the answer once.
+//! kept connection (the endpoint's own for HTTP/2, a pooled one for HTTP/1.1; see
+//! [`super::transport`]), classify the answer once.
 //!
 //! A gRPC request (by its content type) is told its time left as `grpc-timeout` instead of
 //! `x-mesh-timeout-ms`, and its answer is classified by its `grpc-status`: at the head when the
@@ -14,11 +15,9 @@ use std::time::Duration;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
-use super::connect::Connector;
+use super::transport::Transport;
 use super::{AttemptService, Body};
 use crate::Error;
 use crate::balance::{BalancedEndpoint, Balancer, Target, Unavailable};
@@ -63,7 +62,7 @@ struct Inner {
     service: Arc<str>,
     balancer: Balancer,
     classifier: Arc<Classifier>,
-    client: Client<Connector, Body>,
+    client: Transport,
     /// `Host: <service>`, for requests addressed to the service by its name.
     service_host: Option<HeaderValue>,
     /// Whether requests go over HTTP/2, where `:authority` names the endpoint without `Host`.
@@ -82,15 +81,7 @@ impl Endpoints {
         classifier: Arc<Classifier>,
         identity: Option<&Identity>,
     ) -> Self {
-        let connector = Connector::new(service, config, identity, balancer.clone());
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .http2_only(config.protocol == Protocol::Http2)
-            // The endpoint layer gives every request its `Host`, so the client need not look.
-            .set_host(false)
-            .build(connector);
+        let client = Transport::new(service, config, identity, balancer.clone());
         Self {
             inner: Arc::new(Inner {
                 service: Arc::clone(service),
@@ -165,7 +156,7 @@ impl Inner {
 
         let addr = endpoint.endpoint().addr();
         let mut in_flight = endpoint.start_at(now);
-        let sent = self.client.request(request);
+        let sent = self.client.send(&endpoint, request);
         let result = match attempt.deadline.filter(|_| attempt.per_try) {
             None => sent.await,
             Some(deadline) => {

@@ -4,6 +4,7 @@ mod body;
 mod client;
 mod connect;
 mod endpoint;
+mod transport;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +14,7 @@ pub use self::client::{HttpClient, ResponseFuture};
 pub(crate) use self::connect::Connector;
 pub use self::endpoint::ServedBy;
 pub(crate) use self::endpoint::{Attempt, Endpoints};
+pub(crate) use self::transport::SendError;
 
 /// The services the outbound layers from the timeout layer outwards wrap and are: a request in,
 /// a response or a mesh error out.
