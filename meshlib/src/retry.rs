@@ -169,33 +169,29 @@ where
             1 => Err(body),
             _ => body.into_replayable(policy.max_replay_bytes, !grpc).await,
         };
-        let body = match body {
-            Ok(body) => body,
-            // Too large to send twice: one attempt, whatever happens.
-            Err(body) => {
-                let request = Request::from_parts(parts, body);
-                return inner
-                    .send(request, attempt(deadline, per_try_timeout, Vec::new()))
-                    .await;
-            }
-        };
-
+        // A body too large to send twice gets one attempt, whatever happens. Either way there is
+        // one place that awaits the inner service: every await point of this future keeps room
+        // for the inner one's, in every request's future.
         // The first attempt sends the request's own head; retries send copies of it.
-        let head = Head::copy(&parts);
-        let mut first = Some(parts);
+        let (body, replay) = match body {
+            Ok(replay) => (
+                Body::from(replay.clone()),
+                Some((replay, Head::copy(&parts))),
+            ),
+            Err(body) => (body, None),
+        };
+        let mut request = Request::from_parts(parts, body);
         let mut backoff = policy.backoff.build();
         let mut avoid = Vec::new();
         let mut attempts = 1;
         let mut failed = None;
         loop {
-            let body = Body::from(body.clone());
-            let request = match first.take() {
-                Some(parts) => Request::from_parts(parts, body),
-                None => head.request(body),
-            };
             let result = inner
                 .send(request, attempt(deadline, per_try_timeout, avoid.clone()))
                 .await;
+            let Some((replay, head)) = &replay else {
+                return result;
+            };
             // A retry that found every endpoint ejected (the failure it retries may be what
             // ejected the last one) was never sent: the failure that caused it is the answer.
             if let (Err(error), Some(previous)) = (&result, failed.take())
@@ -265,6 +261,7 @@ where
             failed = result.err();
             tokio::time::sleep(wait).await;
             attempts += 1;
+            request = head.request(Body::from(replay.clone()));
         }
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use futures_util::future::{Either, FutureExt as _};
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
@@ -157,19 +158,19 @@ impl Inner {
         let addr = endpoint.endpoint().addr();
         let mut in_flight = endpoint.start_at(now);
         let sent = self.client.send(&endpoint, request);
-        let result = match attempt.deadline.filter(|_| attempt.per_try) {
-            None => sent.await,
-            Some(deadline) => {
-                let allowed = deadline.remaining();
-                match tokio::time::timeout_at(deadline.instant(), sent).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        let error = Error::timeout(&self.service, allowed, Some(addr));
-                        in_flight.finish(self.classifier.error(&error));
-                        return Err(error);
-                    }
-                }
-            }
+        // One await of the sending future, with or without the per-try timeout: this future is
+        // part of every request's, and each await point would keep room for one.
+        let per_try = attempt.deadline.filter(|_| attempt.per_try);
+        let allowed = per_try.map(Deadline::remaining);
+        let result = match per_try {
+            None => Either::Left(sent.map(Ok)),
+            Some(deadline) => Either::Right(tokio::time::timeout_at(deadline.instant(), sent)),
+        }
+        .await;
+        let Ok(result) = result else {
+            let error = Error::timeout(&self.service, allowed.unwrap_or_default(), Some(addr));
+            in_flight.finish(self.classifier.error(&error));
+            return Err(error);
         };
         match result {
             Ok(response) if grpc => {
@@ -234,7 +235,11 @@ impl Inner {
     ) -> Result<Arc<BalancedEndpoint>, Error> {
         match self.balancer.try_pick(target) {
             Ok(endpoint) => Ok(endpoint),
-            Err(Unavailable::NoEndpoints) => self.wait_for_endpoint(target, deadline).await,
+            // Boxed: rare, and its timer and wait would otherwise take room in every request's
+            // future.
+            Err(Unavailable::NoEndpoints) => {
+                Box::pin(self.wait_for_endpoint(target, deadline)).await
+            }
             Err(unavailable) => Err(self.unavailable(unavailable, Duration::ZERO)),
         }
     }
