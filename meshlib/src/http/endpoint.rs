@@ -157,14 +157,17 @@ impl Inner {
 
         let addr = endpoint.endpoint().addr();
         let mut in_flight = endpoint.start_at(now);
-        let sent = self.client.send(&endpoint, request);
-        // One await of the sending future, with or without the per-try timeout: this future is
-        // part of every request's, and each await point would keep room for one.
+        // One await of the sending future, with or without the per-try timeout, made where it
+        // is awaited: this future is part of every request's, and each await point, and each
+        // local the sending future passes through, would keep room for one.
         let per_try = attempt.deadline.filter(|_| attempt.per_try);
         let allowed = per_try.map(Deadline::remaining);
         let result = match per_try {
-            None => Either::Left(sent.map(Ok)),
-            Some(deadline) => Either::Right(tokio::time::timeout_at(deadline.instant(), sent)),
+            None => Either::Left(self.client.send(&endpoint, request).map(Ok)),
+            Some(deadline) => Either::Right(tokio::time::timeout_at(
+                deadline.instant(),
+                self.client.send(&endpoint, request),
+            )),
         }
         .await;
         let Ok(result) = result else {

@@ -567,26 +567,48 @@ where
             }
             _ => None,
         };
-        let response = self.inner.send(request, attempt);
-        let mut attempt = InFlightAttempt {
-            trace,
-            cx,
-            finished: false,
-        };
-        Either::Right(async move {
-            let mut result = response.await;
-            if let Some(cx) = attempt.finish(Outcome::of(&result)) {
-                // A gRPC answer whose status comes in its trailers ends its span with them.
-                let open = match &mut result {
-                    Ok(response) => response.body_mut().end_span_at_status(cx),
-                    Err(_) => Some(cx),
-                };
-                if let Some(cx) = open {
-                    cx.span().end();
-                }
-            }
-            result
+        Either::Right(AttemptFuture {
+            response: self.inner.send(request, attempt),
+            attempt: InFlightAttempt {
+                trace,
+                cx,
+                finished: false,
+            },
         })
+    }
+}
+
+pin_project! {
+    /// The future of a traced attempt. A type of its own rather than an `async` block, which
+    /// would keep the inner future twice, as what it captured and as what it awaits: this one
+    /// is nested in every request's future.
+    struct AttemptFuture<F> {
+        #[pin]
+        response: F,
+        attempt: InFlightAttempt,
+    }
+}
+
+impl<F> Future for AttemptFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Error>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let mut result = ready!(this.response.poll(cx));
+        if let Some(span) = this.attempt.finish(Outcome::of(&result)) {
+            // A gRPC answer whose status comes in its trailers ends its span with them.
+            let open = match &mut result {
+                Ok(response) => response.body_mut().end_span_at_status(span),
+                Err(_) => Some(span),
+            };
+            if let Some(span) = open {
+                span.span().end();
+            }
+        }
+        Poll::Ready(result)
     }
 }
 
