@@ -229,48 +229,16 @@ pub fn format_timeout(timeout: Duration) -> HeaderValue {
     const MAX: u128 = 99_999_999;
     let micros = timeout.as_micros();
     let (amount, unit) = if micros <= MAX {
-        (micros, b'u')
+        (micros, "u")
     } else if timeout.as_millis() <= MAX {
-        (timeout.as_millis(), b'm')
+        (timeout.as_millis(), "m")
     } else if u128::from(timeout.as_secs()) <= MAX {
-        (u128::from(timeout.as_secs()), b'S')
+        (u128::from(timeout.as_secs()), "S")
     } else {
-        (u128::from(timeout.as_secs() / 3600).min(MAX), b'H')
+        (u128::from(timeout.as_secs() / 3600).min(MAX), "H")
     };
-    let mut amount = u32::try_from(amount).expect("at most eight digits");
-    // Eight digits and the unit, written from the end.
-    let mut text = [0u8; 9];
-    text[8] = unit;
-    let mut start = 8;
-    loop {
-        start -= 1;
-        text[start] = b'0' + (amount % 10) as u8;
-        amount /= 10;
-        if amount == 0 {
-            break;
-        }
-    }
-    shared_value(&text[start..])
-}
-
-/// A header value holding `text`, cut from a buffer this thread shares among a few hundred of
-/// them: every gRPC call through the mesh carries a `grpc-timeout`, and copied into an
-/// allocation of its own (as `HeaderValue::from_bytes` does) each would cost the call one more.
-/// A buffer lives until the last value cut from it is dropped: at most 4 KiB per thread, plus
-/// those still held by requests in flight.
-fn shared_value(text: &[u8]) -> HeaderValue {
-    thread_local! {
-        static VALUES: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
-    }
-    const CHUNK: usize = 4096;
-    VALUES.with_borrow_mut(|values| {
-        if values.capacity() < text.len() {
-            *values = BytesMut::with_capacity(CHUNK.max(text.len()));
-        }
-        values.extend_from_slice(text);
-        HeaderValue::from_maybe_shared(values.split().freeze())
-            .expect("digits and a unit are a valid value")
-    })
+    let amount = u64::try_from(amount).expect("at most eight digits");
+    crate::deadline::number_value(amount, unit)
 }
 
 /// Writes `message` as a `grpc-message` value: percent-encoded as the gRPC HTTP/2 protocol asks,
