@@ -116,36 +116,25 @@ impl SpanIds {
 
     /// A context whose span is this one, for the work done under it.
     pub(crate) fn context(self) -> Context {
-        Context::current().with_remote_span_context(SpanContext::new(
+        Context::current().with_remote_span_context(self.span_context())
+    }
+
+    fn span_context(self) -> SpanContext {
+        SpanContext::new(
             self.trace_id,
             self.span_id,
             self.flags,
             false,
             TraceState::default(),
-        ))
+        )
     }
 
-    /// The W3C `traceparent` value for this span: `00-{trace id}-{span id}-{flags}` in lowercase
-    /// hex. Written by hand on the stack rather than through OpenTelemetry's propagator, which
-    /// builds a context and formats a `String` per record; a span made here has no `tracestate`
-    /// to carry. A unit test holds it to the propagator's output.
+    /// The W3C `traceparent` value for this span, on the stack (meshlib's writer) rather than
+    /// through OpenTelemetry's propagator, which builds a context and formats a `String` per
+    /// record; a span made here has no `tracestate` to carry. A unit test holds it to the
+    /// propagator's output.
     pub(crate) fn traceparent(self) -> [u8; TRACEPARENT_LEN] {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut value = [b'-'; TRACEPARENT_LEN];
-        let mut at = 0;
-        let mut put = |bytes: &[u8], value: &mut [u8; TRACEPARENT_LEN]| {
-            for byte in bytes {
-                value[at] = HEX[usize::from(byte >> 4)];
-                value[at + 1] = HEX[usize::from(byte & 0xf)];
-                at += 2;
-            }
-            at += 1; // the dash
-        };
-        put(&[0], &mut value);
-        put(&self.trace_id.to_bytes(), &mut value);
-        put(&self.span_id.to_bytes(), &mut value);
-        put(&[self.flags.to_u8()], &mut value);
-        value
+        meshlib::telemetry::traceparent_bytes(&self.span_context())
     }
 }
 
@@ -218,8 +207,7 @@ pub(crate) fn span_attributes(
     attributes
 }
 
-/// The length of a version-00 `traceparent` value.
-pub(crate) const TRACEPARENT_LEN: usize = 55;
+pub(crate) use meshlib::telemetry::TRACEPARENT_LEN;
 
 /// The context a record's headers carry; empty (a new trace) when they carry none or a
 /// malformed one.

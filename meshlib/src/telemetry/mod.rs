@@ -61,6 +61,7 @@ pub use self::client::{AttemptTelemetry, ClientTelemetry, TelemetryFuture};
 pub(crate) use self::client::{AttemptTelemetryLayer, ClientTelemetryLayer};
 pub use self::metrics::names;
 pub(crate) use self::metrics::{RequestMetrics, prometheus_handle};
+pub use self::propagation::{TRACEPARENT_LEN, traceparent_bytes};
 pub use self::request_id::REQUEST_ID_HEADER;
 pub use self::server::{Route, ServerTelemetry, ServerTelemetryLayer};
 pub(crate) use self::stats::{BUCKET_BOUNDS_US, StatsSnapshot};

@@ -18,7 +18,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
 /// `00-` + 32 hex digits + `-` + 16 hex digits + `-` + 2 hex digits.
-const TRACEPARENT_LEN: usize = 55;
+pub const TRACEPARENT_LEN: usize = 55;
 
 /// The W3C `traceparent`/`tracestate` propagator: the SDK's for reading, its own writer.
 #[derive(Debug, Default)]
@@ -60,9 +60,11 @@ fn traceparent(span_context: &SpanContext) -> String {
     value.expect("hex digits and dashes are UTF-8")
 }
 
-/// `00-{trace id}-{span id}-{flags}` in lowercase hex. Only the sampled flag is sent, as the W3C
-/// specification asks of a version 00 sender.
-fn traceparent_bytes(span_context: &SpanContext) -> [u8; TRACEPARENT_LEN] {
+/// The W3C `traceparent` value of `span_context`, `00-{trace id}-{span id}-{flags}` in lowercase
+/// hex, on the stack: what the mesh's propagator writes, for carriers other than HTTP headers
+/// (Kafka record headers). Only the sampled flag is sent, as the W3C specification asks of a
+/// version 00 sender.
+pub fn traceparent_bytes(span_context: &SpanContext) -> [u8; TRACEPARENT_LEN] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut value = [b'-'; TRACEPARENT_LEN];
     let put = |bytes: &[u8], out: &mut [u8]| {
