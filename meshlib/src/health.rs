@@ -15,8 +15,11 @@
 //! (empty: the whole server); an answer of `SERVING` passes. Its two messages are tiny and fixed,
 //! so they are encoded here by hand rather than making the core depend on a protobuf library.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -27,8 +30,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::{BalancedEndpoint, Balancer};
 use crate::config::{HealthCheckConfig, HealthCheckKind, ServiceConfig};
+use crate::error::BoxError;
 use crate::grpc::{self, Code};
-use crate::http::Connector;
+use crate::http::{Connection, Connector};
 use crate::identity::Identity;
 
 /// An endpoint's health as active checks see it.
@@ -137,8 +141,11 @@ pub(crate) fn spawn(
     balancer: &Balancer,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let config = service_config.health.clone()?;
-    let connector = Connector::new(service, service_config, identity, balancer.clone());
-    let client: Client<Connector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+    let connector = ProbeConnector {
+        connector: Connector::new(service, service_config, identity),
+        balancer: balancer.clone(),
+    };
+    let client: Client<ProbeConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .http2_only(config.kind == HealthCheckKind::Grpc)
@@ -176,8 +183,43 @@ pub(crate) fn spawn(
     }))
 }
 
+/// The service's connector, for hyper's pooled client: probes keep their connections between
+/// rounds, apart from the service's traffic.
+#[derive(Clone)]
+struct ProbeConnector {
+    connector: Connector,
+    balancer: Balancer,
+}
+
+impl tower_service::Service<Uri> for ProbeConnector {
+    type Response = Connection;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Connection, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            // Probes are sent to an endpoint's ip:port.
+            let endpoint = this
+                .balancer
+                .endpoints()
+                .into_iter()
+                .find(|endpoint| uri.authority() == Some(endpoint.authority()))
+                .ok_or_else(|| format!("{uri} is no longer an endpoint of the service"))?;
+            this.connector
+                .connect(&endpoint)
+                .await
+                .map_err(crate::http::SendError::into_source)
+        })
+    }
+}
+
 async fn probe(
-    client: &Client<Connector, Full<Bytes>>,
+    client: &Client<ProbeConnector, Full<Bytes>>,
     config: &HealthCheckConfig,
     service: &str,
     endpoint: &BalancedEndpoint,
@@ -199,7 +241,7 @@ async fn probe(
 
 /// One probe of `endpoint`; the error says why it failed.
 async fn check(
-    client: &Client<Connector, Full<Bytes>>,
+    client: &Client<ProbeConnector, Full<Bytes>>,
     config: &HealthCheckConfig,
     endpoint: &BalancedEndpoint,
 ) -> Result<(), String> {

@@ -1,9 +1,11 @@
-//! `overhead`: what the mesh client costs over the hyper client it is built on.
+//! `overhead`: what the mesh client costs over the plain hyper client.
 //!
-//! The baseline is hyper-util's legacy `Client`, configured as the mesh configures its own (the
-//! same connector settings, timers and pool), so that the difference is exactly the mesh's
-//! outbound stack as a service gets it with the default configuration (`meshlib::outbound`), with
-//! one static endpoint.
+//! The baseline is hyper-util's pooled `Client` (the client hyper offers for pooled
+//! connections, which reqwest also builds on), with the connection settings the mesh uses (the
+//! connect timeout, `TCP_NODELAY`, the idle timeout). The mesh client is the whole outbound
+//! stack as a service gets it with the default configuration (`meshlib::outbound`), with one
+//! static endpoint; under it, meshlib's own HTTP/1.1 transport (connections kept on their
+//! endpoint) and hyper's HTTP/1.1 connections, as the baseline's.
 //!
 //! Both clients share one current-thread runtime in this process and send to the same server in
 //! a child process (`meshbench serve`), so that the process's CPU time is the client's alone and
@@ -248,7 +250,7 @@ enum Variant {
 }
 
 impl Variant {
-    /// hyper-util's pooled client, built with the settings the mesh gives its own.
+    /// hyper-util's pooled client, with the connection settings the mesh uses.
     fn raw(server: &ServerProcess) -> Self {
         let defaults = ServiceConfig::default();
         let mut connector = HttpConnector::new();

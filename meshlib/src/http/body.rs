@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use crate::Error;
 use crate::classify::EndOfStream;
 use crate::error::BoxError;
+use crate::http::transport::Lent;
 
 /// The body of requests and responses that pass through the mesh.
 ///
@@ -27,6 +28,8 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
+    /// A response over an HTTP/1.1 connection, lent to it until its end.
+    Lent(Incoming, Option<Lent>),
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
     /// Frames already read (while trying to buffer the body for retries), then the rest.
     Prefixed(Box<(VecDeque<Frame<Bytes>>, Body)>),
@@ -89,6 +92,17 @@ impl Body {
 }
 
 impl Body {
+    /// A response's body that gives `lent` back when it ends.
+    pub(crate) fn lent(body: Incoming, lent: Lent) -> Self {
+        if body.is_end_stream() {
+            lent.ended();
+            return Self::from(body);
+        }
+        Self {
+            kind: Kind::Lent(body, Some(lent)),
+        }
+    }
+
     /// This body, classified by `end` when its trailers pass, when it ends without them, or
     /// when it fails.
     pub(crate) fn classified(self, end: EndOfStream) -> Self {
@@ -219,7 +233,7 @@ impl fmt::Debug for Body {
         let kind = match &self.kind {
             Kind::Empty => "empty",
             Kind::Full(_) => "full",
-            Kind::Incoming(_) => "incoming",
+            Kind::Incoming(_) | Kind::Lent(..) => "incoming",
             Kind::Boxed(_) => "boxed",
             Kind::Prefixed(_) => "prefixed",
             Kind::Classified(_) => "classified",
@@ -278,6 +292,18 @@ impl http_body::Body for Body {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
             Kind::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Error::body),
+            Kind::Lent(incoming, lent) => {
+                let polled = Pin::new(&mut *incoming).poll_frame(cx);
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => incoming.is_end_stream(),
+                    Poll::Ready(Some(Err(_))) | Poll::Pending => false,
+                };
+                if ended && let Some(lent) = lent.take() {
+                    lent.ended();
+                }
+                polled.map_err(Error::body)
+            }
             Kind::Boxed(boxed) => Pin::new(boxed).poll_frame(cx).map_err(Error::body),
             Kind::Prefixed(prefixed) => {
                 let (frames, rest) = &mut **prefixed;
@@ -318,7 +344,7 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Empty => true,
             Kind::Full(data) => data.is_none(),
-            Kind::Incoming(incoming) => incoming.is_end_stream(),
+            Kind::Incoming(incoming) | Kind::Lent(incoming, _) => incoming.is_end_stream(),
             Kind::Boxed(boxed) => boxed.is_end_stream(),
             Kind::Prefixed(prefixed) => prefixed.0.is_empty() && prefixed.1.is_end_stream(),
             // Not ended until the classification has seen the end.
@@ -330,7 +356,7 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Kind::Incoming(incoming) => incoming.size_hint(),
+            Kind::Incoming(incoming) | Kind::Lent(incoming, _) => incoming.size_hint(),
             Kind::Boxed(boxed) => boxed.size_hint(),
             Kind::Prefixed(_) => SizeHint::default(),
             Kind::Classified(classified) => classified.0.size_hint(),

@@ -3,19 +3,17 @@
 //!
 //! Whether a connection uses mTLS is decided per endpoint when it is made: an endpoint's
 //! `identity` label, or else its service's `identity`, names the SPIFFE ID the server must
-//! present; with neither, the connection is plaintext. Connections are kept per endpoint (by the
-//! pool, or on the endpoint itself for HTTP/2), so the decision (and its cost: a label lookup, a
-//! TLS 1.3 handshake) is paid once per connection, never per request. The client configuration for each expected ID is built once and
-//! kept; the identity's rotation reaches it through its resolver and verifier.
+//! present; with neither, the connection is plaintext. Connections are kept on their endpoint, so
+//! the decision (and its cost: a label lookup, a TLS 1.3 handshake) is paid once per connection,
+//! never per request. The client configuration for each expected ID is built once and kept; the
+//! identity's rotation reaches it through its resolver and verifier.
 //!
 //! ALPN offers the service's configured protocol only (`h2` or `http/1.1`): the protocol is the
 //! user's choice, and the server learns it without sniffing.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -31,17 +29,18 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tower_service::Service as _;
 
-use crate::balance::Balancer;
+use crate::balance::BalancedEndpoint;
 use crate::config::{IDENTITY_LABEL, Protocol, ServiceConfig};
 use crate::error::BoxError;
+use crate::http::SendError;
 use crate::identity::tls::{H2, HTTP1, readable};
 use crate::identity::{Identity, SpiffeId};
 
 /// Connects to endpoints, with mTLS where an identity is expected of them.
 ///
-/// One `Arc` to clone: the pooled client clones its connector for every request, whether or not
-/// the request then needs a new connection (the HTTP/2 transport only when it connects).
+/// One `Arc` to clone: the transports share it, and clone nothing per request.
 #[derive(Clone)]
 pub(crate) struct Connector {
     shared: Arc<Shared>,
@@ -53,8 +52,6 @@ struct Shared {
     /// What the service's endpoints must present, unless their label says otherwise.
     expected: Option<SpiffeId>,
     identity: Option<Identity>,
-    /// Read for endpoint labels, at connect time only.
-    balancer: Balancer,
     alpn: &'static [&'static [u8]],
     handshake_timeout: Duration,
     /// A client configuration per expected server identity.
@@ -66,7 +63,6 @@ impl Connector {
         service: &Arc<str>,
         config: &ServiceConfig,
         identity: Option<&Identity>,
-        balancer: Balancer,
     ) -> Self {
         let mut tcp = HttpConnector::new();
         tcp.set_connect_timeout(Some(config.connect_timeout));
@@ -77,7 +73,6 @@ impl Connector {
                 service: Arc::clone(service),
                 expected: config.identity.clone(),
                 identity: identity.cloned(),
-                balancer,
                 alpn: match config.protocol {
                     Protocol::Http2 => &[H2],
                     _ => &[HTTP1],
@@ -90,26 +85,17 @@ impl Connector {
 }
 
 impl Shared {
-    /// The identity the endpoint at `addr` must present, if any.
-    fn expected(&self, addr: SocketAddr) -> Result<Option<SpiffeId>, ConnectError> {
-        let labelled = self
-            .balancer
-            .endpoints()
-            .into_iter()
-            .find(|endpoint| endpoint.endpoint().addr() == addr)
-            .and_then(|endpoint| {
-                endpoint
-                    .endpoint()
-                    .label(IDENTITY_LABEL)
-                    .map(|label| SpiffeId::new(label).map_err(|e| (label.to_owned(), e)))
-            });
-        match labelled {
-            Some(Ok(id)) => Ok(Some(id)),
-            Some(Err((label, error))) => Err(ConnectError::new(format!(
-                "endpoint {addr}'s {IDENTITY_LABEL} label {label:?} is not a SPIFFE ID: {error}"
-            ))),
-            None => Ok(self.expected.clone()),
-        }
+    /// The identity `endpoint` must present, if any: its label's, else the service's.
+    fn expected(&self, endpoint: &BalancedEndpoint) -> Result<Option<SpiffeId>, ConnectError> {
+        let Some(label) = endpoint.endpoint().label(IDENTITY_LABEL) else {
+            return Ok(self.expected.clone());
+        };
+        SpiffeId::new(label).map(Some).map_err(|error| {
+            ConnectError::new(format!(
+                "endpoint {}'s {IDENTITY_LABEL} label {label:?} is not a SPIFFE ID: {error}",
+                endpoint.endpoint().addr()
+            ))
+        })
     }
 
     fn connector(&self, identity: &Identity, expected: &SpiffeId) -> TlsConnector {
@@ -123,65 +109,52 @@ impl Shared {
     }
 }
 
-impl tower_service::Service<Uri> for Connector {
-    type Response = Connection;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Connection, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // The TCP connector is always ready; each connection gets a copy of it.
-        Poll::Ready(Ok(()))
+impl Connector {
+    /// A new connection to `endpoint`: TCP within the connect timeout, then the mTLS handshake
+    /// when the endpoint must present an identity. Any failure is a connect error: nothing was
+    /// sent.
+    pub(crate) async fn connect(
+        &self,
+        endpoint: &BalancedEndpoint,
+    ) -> Result<Connection, SendError> {
+        self.try_connect(endpoint).await.map_err(SendError::connect)
     }
 
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let shared = Arc::clone(&self.shared);
-        let tcp = shared.tcp.clone().call(uri.clone());
-        Box::pin(async move {
-            // The outbound stack always sends to an endpoint's ip:port.
-            let addr: Option<SocketAddr> = uri.authority().and_then(|a| a.as_str().parse().ok());
-            let expected = match addr {
-                Some(addr) => shared.expected(addr)?,
-                None => shared.expected.clone(),
-            };
-            let stream = tcp.await?;
-            let Some(expected) = expected else {
-                return Ok(Connection(Stream::Plain(stream)));
-            };
-            let addr = addr.ok_or_else(|| ConnectError::new(format!("{uri} is not ip:port")))?;
-            let Some(identity) = &shared.identity else {
-                return Err(ConnectError::new(format!(
-                    "endpoint {addr} of service {:?} must present {expected}, but the mesh has no \
-                     [identity] to connect with mTLS",
-                    shared.service
-                ))
-                .into());
-            };
-            let connector = shared.connector(identity, &expected);
-            let server_name = ServerName::IpAddress(addr.ip().into());
-            let handshake = connector.connect(server_name, stream.into_inner());
-            let stream = match tokio::time::timeout(shared.handshake_timeout, handshake).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    return Err(ConnectError::with_source(
-                        "mTLS handshake failed",
-                        readable(error),
-                    )
-                    .into());
-                }
-                Err(_) => {
-                    return Err(ConnectError::new(format!(
-                        "mTLS handshake not done within {:?}",
-                        shared.handshake_timeout
-                    ))
-                    .into());
-                }
-            };
-            let h2 = stream.get_ref().1.alpn_protocol() == Some(H2);
-            Ok(Connection(Stream::Tls {
-                stream: Box::new(TokioIo::new(stream)),
-                h2,
-            }))
-        })
+    async fn try_connect(&self, endpoint: &BalancedEndpoint) -> Result<Connection, BoxError> {
+        let shared = &self.shared;
+        let expected = shared.expected(endpoint)?;
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(endpoint.authority().clone())
+            .path_and_query("/")
+            .build()?;
+        let stream = shared.tcp.clone().call(uri).await?;
+        let Some(expected) = expected else {
+            return Ok(Connection(Stream::Plain(stream)));
+        };
+        let addr = endpoint.endpoint().addr();
+        let Some(identity) = &shared.identity else {
+            return Err(ConnectError::new(format!(
+                "endpoint {addr} of service {:?} must present {expected}, but the mesh has no \
+                 [identity] to connect with mTLS",
+                shared.service
+            ))
+            .into());
+        };
+        let connector = shared.connector(identity, &expected);
+        let server_name = ServerName::IpAddress(addr.ip().into());
+        let handshake = connector.connect(server_name, stream.into_inner());
+        match tokio::time::timeout(shared.handshake_timeout, handshake).await {
+            Ok(Ok(stream)) => Ok(Connection(Stream::Tls(Box::new(TokioIo::new(stream))))),
+            Ok(Err(error)) => {
+                Err(ConnectError::with_source("mTLS handshake failed", readable(error)).into())
+            }
+            Err(_) => Err(ConnectError::new(format!(
+                "mTLS handshake not done within {:?}",
+                shared.handshake_timeout
+            ))
+            .into()),
+        }
     }
 }
 
@@ -226,24 +199,15 @@ pub(crate) struct Connection(Stream);
 enum Stream {
     Plain(TokioIo<TcpStream>),
     /// Boxed: a TLS stream carries rustls's buffers and state, a hundred times a TCP stream.
-    Tls {
-        stream: Box<TokioIo<TlsStream<TcpStream>>>,
-        h2: bool,
-    },
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
 }
 
+/// For hyper's pooled client, which the health checks use.
 impl HyperConnection for Connection {
     fn connected(&self) -> Connected {
         match &self.0 {
             Stream::Plain(stream) => stream.connected(),
-            Stream::Tls { stream, h2 } => {
-                let connected = stream.inner().get_ref().0.connected();
-                if *h2 {
-                    connected.negotiated_h2()
-                } else {
-                    connected
-                }
-            }
+            Stream::Tls(stream) => stream.inner().get_ref().0.connected(),
         }
     }
 }
@@ -256,7 +220,7 @@ impl Read for Connection {
     ) -> Poll<io::Result<()>> {
         match &mut self.0 {
             Stream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            Stream::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_read(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -269,7 +233,7 @@ impl Write for Connection {
     ) -> Poll<io::Result<usize>> {
         match &mut self.0 {
             Stream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            Stream::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_write(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -280,28 +244,28 @@ impl Write for Connection {
     ) -> Poll<io::Result<usize>> {
         match &mut self.0 {
             Stream::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
-            Stream::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match &self.0 {
             Stream::Plain(stream) => stream.is_write_vectored(),
-            Stream::Tls { stream, .. } => stream.is_write_vectored(),
+            Stream::Tls(stream) => stream.is_write_vectored(),
         }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.0 {
             Stream::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            Stream::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_flush(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.0 {
             Stream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
-            Stream::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_shutdown(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -82,7 +82,7 @@ impl Endpoints {
         classifier: Arc<Classifier>,
         identity: Option<&Identity>,
     ) -> Self {
-        let client = Transport::new(service, config, identity, balancer.clone());
+        let client = Transport::new(service, config, identity);
         Self {
             inner: Arc::new(Inner {
                 service: Arc::clone(service),
@@ -181,7 +181,7 @@ impl Inner {
                     Some((class, code)) => {
                         classify::record_code(&tracing::Span::current(), code);
                         in_flight.finish(class);
-                        (response.map(Body::from), Some(class))
+                        (response, Some(class))
                     }
                     None => {
                         in_flight.responded();
@@ -190,7 +190,7 @@ impl Inner {
                             Arc::clone(&self.classifier),
                             tracing::Span::current(),
                         );
-                        (response.map(|body| Body::from(body).classified(end)), None)
+                        (response.map(|body| body.classified(end)), None)
                     }
                 };
                 response.extensions_mut().insert(ServedBy {
@@ -202,7 +202,7 @@ impl Inner {
             Ok(response) => {
                 let class = self.classifier.response(&response);
                 in_flight.finish(class);
-                let mut response = response.map(Body::from);
+                let mut response = response;
                 response.extensions_mut().insert(ServedBy {
                     endpoint: addr,
                     class: Some(class),

@@ -11,7 +11,7 @@ use std::pin::Pin;
 
 pub use self::body::Body;
 pub use self::client::{HttpClient, ResponseFuture};
-pub(crate) use self::connect::Connector;
+pub(crate) use self::connect::{Connection, Connector};
 pub use self::endpoint::ServedBy;
 pub(crate) use self::endpoint::{Attempt, Endpoints};
 pub(crate) use self::transport::SendError;

@@ -1,21 +1,27 @@
 //! How a request reaches the endpoint the balancer picked.
 //!
-//! HTTP/1.1 and `auto` services go through hyper's pooled client: connections are kept per
-//! endpoint address and checked out per request.
+//! The balancer already hands the endpoint to the request, so each endpoint keeps its own
+//! connections (on [`BalancedEndpoint::attached`]) and sending needs no lookup keyed by address,
+//! no checkout future racing a connect, and no connector cloned per request:
 //!
-//! An `http2` service needs no pool: each endpoint holds its one HTTP/2 connection, which carries
-//! every request to it as a stream, the way gRPC's subchannels (and tonic's `Channel`) work. The
-//! balancer already hands the endpoint to the request, so sending is a short critical section on
-//! that endpoint's connection: no lookup keyed by address, no checkout future, no connector
-//! cloned per request. The connection is made by the first request that needs one (the others
-//! wait for it), made again when the endpoint or the network closes it, closed when no request
-//! was started on it for `pool_idle_timeout` (as the pool does), and dropped with the endpoint:
-//! once discovery removed it and its last request has finished.
+//! - **HTTP/1.1**: the endpoint keeps a stack of idle keep-alive connections. A request takes
+//!   the newest open one (or makes one), and its connection goes back on the stack when the
+//!   response's body ends, where hyper's pooled client spawns a task per request to wait for the
+//!   connection to be ready again. A body dropped before its end gives its connection back only
+//!   if hyper already read the whole response; otherwise hyper closes it.
+//! - **HTTP/2**: each endpoint holds its one HTTP/2 connection, which carries every request to
+//!   it as a stream, the way gRPC's subchannels (and tonic's `Channel`) work. Sending is a short
+//!   critical section on that connection. It is made by the first request that needs one (the
+//!   others wait for it), made again when the endpoint or the network closes it.
 //!
-//! Both keep the pool's contract with the layers above: a failure to connect (TCP, the mTLS
+//! Connections of either kind are closed when idle for `pool_idle_timeout` (checked every
+//! timeout, so an idle connection lasts one to two of them, as in hyper's pool), and dropped with
+//! the endpoint: once discovery removed it and its last request has finished.
+//!
+//! Both keep the same contract with the layers above: a failure to connect (TCP, the mTLS
 //! handshake, the connect timeout) is a connect error, which the retry layer knows is safe to
-//! retry; a request that a reused connection closed before taking it is sent once more on a new
-//! connection; anything else is a request error.
+//! retry; a request that a reused connection closed before taking it is sent once more on
+//! another connection; anything else is a request error.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -25,23 +31,23 @@ use std::time::Duration;
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
 use super::Body;
 use super::connect::Connector;
-use crate::balance::{BalancedEndpoint, Balancer};
+use crate::balance::BalancedEndpoint;
 use crate::config::{Protocol, ServiceConfig};
 use crate::error::BoxError;
 use crate::identity::Identity;
 
-/// Sends requests to endpoints: over the endpoint's own HTTP/2 connection for `http2` services,
-/// through the pooled client for the others.
+/// Sends requests to endpoints over the connections each endpoint keeps: a stack of idle ones
+/// for HTTP/1.1 services, one multiplexed connection for `http2` services.
 pub(crate) enum Transport {
-    Pooled(Client<Connector, Body>),
+    Http1(Http1),
     Http2(Http2),
 }
 
@@ -50,9 +56,8 @@ impl Transport {
         service: &Arc<str>,
         config: &ServiceConfig,
         identity: Option<&Identity>,
-        balancer: Balancer,
     ) -> Self {
-        let connector = Connector::new(service, config, identity, balancer);
+        let connector = Connector::new(service, config, identity);
         if config.protocol == Protocol::Http2 {
             let mut builder = http2::Builder::new(TokioExecutor::new());
             builder.timer(TokioTimer::new());
@@ -62,14 +67,11 @@ impl Transport {
                 idle_timeout: config.pool_idle_timeout,
             });
         }
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            // The endpoint layer gives every request its `Host`, so the client need not look.
-            .set_host(false)
-            .build(connector);
-        Self::Pooled(client)
+        Self::Http1(Http1 {
+            connector,
+            builder: http1::Builder::new(),
+            idle_timeout: config.pool_idle_timeout,
+        })
     }
 
     /// Sends `request`, whose URI names `endpoint`, to `endpoint`.
@@ -77,13 +79,10 @@ impl Transport {
         &self,
         endpoint: &BalancedEndpoint,
         request: Request<Body>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<Body>, SendError> {
         match self {
-            Self::Pooled(client) => client.request(request).await.map_err(|error| SendError {
-                connect: error.is_connect(),
-                source: error.into(),
-            }),
-            Self::Http2(http2) => http2.send(endpoint, request).await,
+            Self::Http1(http1) => http1.send(endpoint, request).await,
+            Self::Http2(http2) => Ok(http2.send(endpoint, request).await?.map(Body::from)),
         }
     }
 }
@@ -97,7 +96,7 @@ pub(crate) struct SendError {
 }
 
 impl SendError {
-    fn connect(source: BoxError) -> Self {
+    pub(crate) fn connect(source: BoxError) -> Self {
         Self {
             connect: true,
             source,
@@ -117,6 +116,180 @@ impl SendError {
 
     pub(crate) fn into_source(self) -> BoxError {
         self.source
+    }
+}
+
+/// The HTTP/1.1 transport: what every endpoint's connections are made with.
+pub(crate) struct Http1 {
+    connector: Connector,
+    builder: http1::Builder,
+    idle_timeout: Duration,
+}
+
+/// An endpoint's idle HTTP/1.1 connections, the newest last (see [`BalancedEndpoint::attached`]).
+pub(crate) struct IdleConnections {
+    idle: Mutex<Vec<IdleConnection>>,
+}
+
+struct IdleConnection {
+    sender: http1::SendRequest<Body>,
+    /// Seen idle by the reaper once already: the next sweep closes it.
+    seen: bool,
+}
+
+impl IdleConnections {
+    /// The connections of the endpoint at `addr`, and the task that closes those idle for
+    /// `timeout`: it ends with them.
+    fn start(addr: SocketAddr, timeout: Duration) -> Arc<Self> {
+        let connections = Arc::new(Self {
+            idle: Mutex::new(Vec::new()),
+        });
+        let reaped = Arc::downgrade(&connections);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(timeout).await;
+                let Some(connections) = reaped.upgrade() else {
+                    break;
+                };
+                let mut idle = connections.lock();
+                let before = idle.len();
+                idle.retain_mut(|connection| {
+                    let keep = !connection.seen && !connection.sender.is_closed();
+                    connection.seen = true;
+                    keep
+                });
+                if idle.len() < before {
+                    tracing::debug!(
+                        endpoint = %addr,
+                        closed = before - idle.len(),
+                        "idle HTTP/1.1 connections closed"
+                    );
+                }
+            }
+        });
+        connections
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IdleConnection>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The newest idle connection that is still open.
+    fn take(&self) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.lock();
+        while let Some(connection) = idle.pop() {
+            if !connection.sender.is_closed() {
+                return Some(connection.sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, sender: http1::SendRequest<Body>) {
+        if !sender.is_closed() {
+            self.lock().push(IdleConnection {
+                sender,
+                seen: false,
+            });
+        }
+    }
+}
+
+/// A connection lent to a response: it goes back to its endpoint's idle connections when the
+/// response's body ends (see [`Body`]), or when the body is dropped if hyper had read the whole
+/// response by then. A connection whose response was left unread is not reusable, and hyper
+/// closes it.
+pub(crate) struct Lent {
+    sender: Option<http1::SendRequest<Body>>,
+    connections: Arc<IdleConnections>,
+}
+
+impl Lent {
+    /// The response's body has ended: the connection is done with it.
+    pub(crate) fn ended(mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.connections.put(sender);
+        }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(sender) = self.sender.take()
+            && sender.is_ready()
+        {
+            self.connections.put(sender);
+        }
+    }
+}
+
+impl Http1 {
+    async fn send(
+        &self,
+        endpoint: &BalancedEndpoint,
+        mut request: Request<Body>,
+    ) -> Result<Response<Body>, SendError> {
+        let addr = endpoint.endpoint().addr();
+        let Some(connections) =
+            endpoint.attached(|| IdleConnections::start(addr, self.idle_timeout))
+        else {
+            unreachable!("only the HTTP/1.1 transport keeps idle connections on an endpoint")
+        };
+        // Origin form: the connection already names the endpoint, and `Host` the service.
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::from(path);
+        loop {
+            let (mut sender, reused) = match connections.take() {
+                Some(sender) => (sender, true),
+                // Boxed: connecting is rare, and its future, inline, would be copied with every
+                // request's.
+                None => (Box::pin(self.connect(endpoint)).await?, false),
+            };
+            // A connection given back as its response's body ended may still be finishing
+            // that response.
+            if !sender.is_ready() && sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let lent = Lent {
+                        sender: Some(sender),
+                        connections: Arc::clone(connections),
+                    };
+                    return Ok(response.map(|body| Body::lent(body, lent)));
+                }
+                // Not taken: a reused connection closed (the endpoint timed it out) after it was
+                // found open. Sent again, on another.
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(SendError::request(error.into_error())),
+                },
+            }
+        }
+    }
+
+    /// A new connection to `endpoint`, and the task that drives it until it closes.
+    async fn connect(
+        &self,
+        endpoint: &BalancedEndpoint,
+    ) -> Result<http1::SendRequest<Body>, SendError> {
+        let io = self.connector.connect(endpoint).await?;
+        let (sender, connection) = self
+            .builder
+            .handshake(io)
+            .await
+            .map_err(SendError::request)?;
+        let addr = endpoint.endpoint().addr();
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, endpoint = %addr, "HTTP/1.1 connection failed");
+            }
+        });
+        Ok(sender)
     }
 }
 
@@ -232,16 +405,7 @@ impl Http2 {
         endpoint: &BalancedEndpoint,
         opening: &Opening<'_>,
     ) -> Result<SendRequest<Body>, SendError> {
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(endpoint.authority().clone())
-            .path_and_query("/")
-            .build()
-            .expect("an endpoint's authority makes a URI");
-        let mut connector = self.connector.clone();
-        let io = tower_service::Service::call(&mut connector, uri)
-            .await
-            .map_err(SendError::connect)?;
+        let io = self.connector.connect(endpoint).await?;
         let (mut sender, connection) = self
             .builder
             .handshake(io)
@@ -347,7 +511,7 @@ impl IdleTimer {
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::Pooled(_) => "Transport::Pooled",
+            Self::Http1(_) => "Transport::Http1",
             Self::Http2(_) => "Transport::Http2",
         })
     }
