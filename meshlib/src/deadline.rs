@@ -61,8 +61,9 @@ pub(crate) fn number_value(mut number: u64, unit: &str) -> HeaderValue {
             *values = bytes::BytesMut::with_capacity(CHUNK);
         }
         values.extend_from_slice(text);
-        HeaderValue::from_maybe_shared(values.split().freeze())
-            .expect("digits and a unit are a valid value")
+        let value = HeaderValue::from_maybe_shared(values.split().freeze())
+            .expect("digits and a unit are a valid value");
+        crate::http::unique(value)
     })
 }
 
@@ -188,6 +189,8 @@ mod tests {
         assert_eq!(number_value(1500, ""), "1500");
         assert_eq!(number_value(99_999_999, "u"), "99999999u");
         assert_eq!(number_value(u64::MAX, "ms"), "18446744073709551615ms");
+        // Never indexed by HTTP/2's header compression: the time left differs on every request.
+        assert!(number_value(1500, "").is_sensitive());
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,6 +16,17 @@ pub use self::endpoint::ServedBy;
 pub(crate) use self::endpoint::{Attempt, Endpoints};
 pub(crate) use self::transport::SendError;
 
+/// Marks `value`, one that no other request carries (a request id, a trace context, the time
+/// left), to be sent over HTTP/2 as HPACK's "literal never indexed". Indexed, a value that never
+/// repeats would take room in the header tables of both ends of the connection, evicting the
+/// names and values that do repeat on every call (the path, the content type, the user agent),
+/// which then go out and are decoded in full again. HTTP/1.1 ignores the mark; the value itself is
+/// unchanged (only its `Debug` form hides it).
+pub(crate) fn unique(mut value: http::HeaderValue) -> http::HeaderValue {
+    value.set_sensitive(true);
+    value
+}
+
 /// The services the outbound layers from the timeout layer outwards wrap and are: a request in,
 /// a response or a mesh error out.
 ///

@@ -49,8 +49,11 @@ impl TextMapPropagator for TraceContext {
 /// `traceparent` for `span_context`, as the value of a header that requests copy for their
 /// retries: in a reference-counted buffer from the start, so that a copy costs no allocation.
 pub(crate) fn traceparent_value(span_context: &SpanContext) -> http::HeaderValue {
-    http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(traceparent_bytes(span_context)))
-        .expect("hex digits and dashes are a valid header value")
+    let value = http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(traceparent_bytes(
+        span_context,
+    )))
+    .expect("hex digits and dashes are a valid header value");
+    crate::http::unique(value)
 }
 
 /// `traceparent` in a `String` whose capacity is its length, so that `Bytes` takes it over
@@ -138,6 +141,8 @@ mod tests {
                     traceparent_value(&span_context).as_bytes(),
                     value.as_bytes()
                 );
+                // Never indexed by HTTP/2's header compression: it names this request's span.
+                assert!(traceparent_value(&span_context).is_sensitive());
                 let read = TraceContext::default().extract(&ours);
                 let read = read.span().span_context().clone();
                 assert_eq!(read.trace_id(), span_context.trace_id());

@@ -31,8 +31,9 @@ pub(crate) fn generate() -> HeaderValue {
     // Owned by a reference-counted buffer from the start: the request's headers are copied for
     // each attempt, and a value copied from a plain byte slice would allocate again on its first
     // copy.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
-        .expect("hex digits are a valid header value")
+    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+        .expect("hex digits are a valid header value");
+    crate::http::unique(value)
 }
 
 /// The request id of the request being served by this task, if any.
@@ -51,5 +52,7 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_ne!(a, b);
+        // Never indexed by HTTP/2's header compression: no other request repeats it.
+        assert!(a.is_sensitive());
     }
 }
