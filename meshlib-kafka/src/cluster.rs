@@ -332,10 +332,10 @@ impl ClusterBreaker {
         }
     }
 
-    /// Admits a record if the breaker lets it through; the ticket says whether it is the probe
-    /// and must be given its outcome.
-    pub(crate) fn admit(&self) -> Result<Ticket<'_>, Error> {
-        let now = Instant::now();
+    /// Admits a record at `now` if the breaker lets it through; the ticket says whether it is
+    /// the probe and must be given its outcome. The caller reads the clock, so that one reading
+    /// also starts the send's duration.
+    pub(crate) fn admit(&self, now: Instant) -> Result<Ticket<'_>, Error> {
         if !self.breaker.is_ready(now) {
             return Err(Error::circuit_open(&self.cluster));
         }
@@ -350,15 +350,13 @@ impl ClusterBreaker {
         })
     }
 
-    fn record(&self, success: bool, probe: bool) {
+    fn record(&self, success: bool, probe: bool, now: Instant) {
         let class = if success {
             meshlib::classify::Class::Success
         } else {
             meshlib::classify::Class::Failure
         };
-        let transition = self
-            .breaker
-            .record(&self.config, class, probe, Instant::now());
+        let transition = self.breaker.record(&self.config, class, probe, now);
         self.report(transition);
     }
 
@@ -403,10 +401,11 @@ pub(crate) struct Ticket<'a> {
 }
 
 impl Ticket<'_> {
-    /// The record's outcome: `success` when the cluster answered (even by refusing the record).
-    pub(crate) fn record(mut self, success: bool) {
+    /// The record's outcome at `now`: `success` when the cluster answered (even by refusing the
+    /// record).
+    pub(crate) fn record(mut self, success: bool, now: Instant) {
         self.done = true;
-        self.breaker.record(success, self.probe);
+        self.breaker.record(success, self.probe, now);
     }
 }
 

@@ -291,7 +291,9 @@ impl Inner {
         {
             return refuse(error);
         }
-        let ticket = match self.breaker.admit() {
+        // One clock reading admits the record and starts its duration.
+        let now = Instant::now();
+        let ticket = match self.breaker.admit(now) {
             Ok(ticket) => ticket,
             Err(error) => return refuse(error.with_cluster_error(self.last_error.recent())),
         };
@@ -358,7 +360,7 @@ impl Inner {
             _slot: slot,
             span,
             otel,
-            started: Instant::now(),
+            started: now,
             size,
             partition: record.partition,
         };
@@ -572,7 +574,7 @@ impl Done<'_> {
     }
 
     fn delivered(self, partition: i32, offset: i64) -> Delivery {
-        self.record_duration();
+        let now = self.record_duration();
         self.metrics.sent.increment(1);
         self.metrics.sent_bytes.increment(self.size as u64);
         self.span
@@ -587,7 +589,7 @@ impl Done<'_> {
                 None,
             );
         }
-        self.ticket.record(true);
+        self.ticket.record(true, now);
         Delivery {
             topic: self.topic,
             partition,
@@ -596,7 +598,7 @@ impl Done<'_> {
     }
 
     fn failed(mut self, error: Error) -> Error {
-        self.record_duration();
+        let now = self.record_duration();
         crate::telemetry::error(&self.topic, "send", error.kind_name());
         self.span.record("error.type", error.kind_name());
         if let Some(otel) = self.otel.take() {
@@ -605,14 +607,17 @@ impl Done<'_> {
         tracing::debug!(parent: &self.span, %error, "send failed");
         // Only failures that say the cluster is unwell count against it; a record the broker
         // refused for itself (too large, bad topic) says nothing about the cluster.
-        self.ticket.record(!error.is_retriable());
+        self.ticket.record(!error.is_retriable(), now);
         error
     }
 
-    fn record_duration(&self) {
+    /// Records the send's duration; the time it ended, for the breaker.
+    fn record_duration(&self) -> Instant {
+        let now = Instant::now();
         self.metrics
             .send_duration
-            .record(crate::telemetry::seconds(self.started.elapsed()));
+            .record(crate::telemetry::seconds(now - self.started));
+        now
     }
 }
 
