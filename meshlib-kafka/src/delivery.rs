@@ -4,14 +4,15 @@
 //! sending half as the message's opaque: two allocations per record, made on the caller's thread
 //! and freed on librdkafka's polling thread. The mesh's producer gives every record one shared
 //! slot instead, written once by the delivery callback and read by the send, and a success
-//! carries only its partition and offset. Slots are kept for later sends once read: in a steady
-//! stream of records a send allocates none, where an allocation made on one thread and freed on
-//! another is what costs most when librdkafka's polling thread frees thousands of messages at
-//! once.
+//! carries only its partition and offset. Slots are kept for later sends once read, by the thread
+//! that read them: in a steady stream of records a send allocates none and takes no lock, where
+//! an allocation made on one thread and freed on another is what costs most when librdkafka's
+//! polling thread frees thousands of messages at once.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -55,48 +56,51 @@ impl ProducerContext for MeshContext {
     }
 }
 
-/// The slots of a producer's finished sends, ready for its next ones.
-#[derive(Default)]
-pub(crate) struct Slots(Mutex<Vec<Arc<Slot>>>);
+/// A slot for a record about to be handed to librdkafka, and the wait for its report.
+///
+/// Slots are kept per thread once read: the thread that sends a stream of records is the one
+/// that reads their reports, so it takes back its own slots without a lock, and any producer
+/// can use any slot.
+pub(crate) fn wait() -> (DeliveryReport, Arc<Slot>) {
+    let kept = KEPT.with_borrow_mut(Vec::pop);
+    let slot = kept.unwrap_or_default();
+    let report = DeliveryReport {
+        slot: Arc::clone(&slot),
+    };
+    (report, slot)
+}
 
-impl Slots {
-    /// Slots kept at most: a few hundred bytes each, and enough to cover the sends that finish
-    /// between two of the caller's polls at hundreds of thousands of records a second.
-    const KEPT: usize = 4096;
+/// Slots kept per thread at most: a few hundred bytes each, and enough to cover the sends that
+/// finish between two of a caller's polls at hundreds of thousands of records a second.
+const KEPT_PER_THREAD: usize = 4096;
 
-    /// A slot for a record about to be handed to librdkafka, and the wait for its report.
-    pub(crate) fn wait(&self) -> (DeliveryReport<'_>, Arc<Slot>) {
-        let kept = self.0.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        let slot = kept.unwrap_or_default();
-        let report = DeliveryReport {
-            slot: Arc::clone(&slot),
-            slots: self,
-        };
-        (report, slot)
-    }
+thread_local! {
+    static KEPT: RefCell<Vec<Arc<Slot>>> = const { RefCell::new(Vec::new()) };
+}
 
-    fn keep(&self, slot: &mut Arc<Slot>) {
-        // Only a slot the callback is done with; its report and waker go.
-        let Some(fresh) = Arc::get_mut(slot) else {
-            return;
-        };
-        *fresh = Slot::default();
-        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if kept.len() < Self::KEPT {
+fn keep(slot: &mut Arc<Slot>) {
+    // Only a slot the callback is done with; its report and waker go.
+    let Some(fresh) = Arc::get_mut(slot) else {
+        return;
+    };
+    *fresh = Slot::default();
+    // A thread being torn down keeps nothing.
+    let _ = KEPT.try_with(|kept| {
+        let mut kept = kept.borrow_mut();
+        if kept.len() < KEPT_PER_THREAD {
             kept.push(Arc::clone(slot));
         }
-    }
+    });
 }
 
 /// Waits for the report in a [`Slot`]. Every message handed to librdkafka gets its report, a
 /// purge when the producer is dropped included, and the mesh's sends borrow the producer, so a
 /// wait always ends.
-pub(crate) struct DeliveryReport<'a> {
+pub(crate) struct DeliveryReport {
     slot: Arc<Slot>,
-    slots: &'a Slots,
 }
 
-impl DeliveryReport<'_> {
+impl DeliveryReport {
     /// The report, once written.
     pub(crate) fn poll_report(&self, cx: &Context<'_>) -> Poll<&Report> {
         let slot = &self.slot;
@@ -111,13 +115,13 @@ impl DeliveryReport<'_> {
     }
 }
 
-impl Drop for DeliveryReport<'_> {
+impl Drop for DeliveryReport {
     fn drop(&mut self) {
-        self.slots.keep(&mut self.slot);
+        keep(&mut self.slot);
     }
 }
 
-impl Future for DeliveryReport<'_> {
+impl Future for DeliveryReport {
     type Output = Result<(i32, i64), KafkaError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -134,34 +138,33 @@ mod tests {
 
     use super::*;
 
-    fn kept(slots: &Slots) -> usize {
-        slots.0.lock().unwrap().len()
+    fn kept() -> usize {
+        KEPT.with_borrow(Vec::len)
     }
 
     #[test]
     fn a_slot_is_reused_only_once_the_callback_let_it_go_and_starts_over() {
-        let slots = Slots::default();
         let cx = Context::from_waker(Waker::noop());
 
         // The send stops waiting while the callback still holds the slot: not kept.
-        let (report, callback) = slots.wait();
+        let (report, callback) = wait();
         drop(report);
         callback.complete(Ok((1, 7)));
         drop(callback);
-        assert_eq!(kept(&slots), 0);
+        assert_eq!(kept(), 0);
 
         // The usual order: the report is written, the callback lets go, the send reads it.
-        let (report, callback) = slots.wait();
+        let (report, callback) = wait();
         assert!(report.poll_report(&cx).is_pending());
         callback.complete(Ok((2, 9)));
         drop(callback);
         assert!(matches!(report.poll_report(&cx), Poll::Ready(Ok((2, 9)))));
         drop(report);
-        assert_eq!(kept(&slots), 1);
+        assert_eq!(kept(), 1);
 
         // The kept slot carries nothing of the last record.
-        let (report, _callback) = slots.wait();
-        assert_eq!(kept(&slots), 0);
+        let (report, _callback) = wait();
+        assert_eq!(kept(), 0);
         assert!(report.poll_report(&cx).is_pending());
     }
 }

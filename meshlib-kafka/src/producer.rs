@@ -49,7 +49,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::cluster::{ClusterBreaker, KafkaCluster, MeshContext, Ticket};
-use crate::delivery::{DeliveryReport, Slots};
+use crate::delivery::DeliveryReport;
 use crate::error::{LastError, is_retriable_code};
 use crate::record::Delivery;
 use crate::route::TopicRoutes;
@@ -70,7 +70,6 @@ pub struct Producer {
 struct Inner {
     cluster: Arc<str>,
     client: ThreadedProducer<MeshContext>,
-    slots: Slots,
     routes: TopicRoutes,
     schemas: Schemas,
     breaker: Arc<ClusterBreaker>,
@@ -140,7 +139,6 @@ impl Producer {
             inner: Arc::new(Inner {
                 cluster: Arc::clone(name),
                 client,
-                slots: Slots::default(),
                 routes: TopicRoutes::for_producer(
                     &cluster.inner.config.topics,
                     &cluster.labels,
@@ -442,8 +440,8 @@ impl Inner {
         topic: &str,
         record: &Record,
         traceparent: Option<&[u8; TRACEPARENT_LEN]>,
-    ) -> Result<DeliveryReport<'_>, KafkaError> {
-        let (report, slot) = self.slots.wait();
+    ) -> Result<DeliveryReport, KafkaError> {
+        let (report, slot) = crate::delivery::wait();
         let mut message =
             BaseRecord::<[u8], [u8], _>::with_opaque_to(topic, slot).payload(&record.value[..]);
         if let Some(key) = &record.key {
@@ -478,7 +476,7 @@ pub struct SendFuture<'a> {
 
 enum State<'a> {
     Start(Record),
-    Waiting(Done<'a>, DeliveryReport<'a>),
+    Waiting(Done<'a>, DeliveryReport),
     Retrying(
         Done<'a>,
         Pin<Box<dyn Future<Output = Result<Delivery, Error>> + Send + 'a>>,
