@@ -10,6 +10,7 @@ use http::header::{COOKIE, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use pin_project_lite::pin_project;
 use regex::Regex;
+use smallvec::SmallVec;
 
 use super::config::{
     HashKey, HeaderTransform, PathMatch, RouteConfig, RouteMatch, RouteRetryConfig, ValueMatch,
@@ -25,6 +26,10 @@ use crate::{Error, config::ServiceConfig};
 pub(crate) struct RouteTable {
     service: Arc<str>,
     routes: Vec<Arc<Route>>,
+    /// The headers the routes' conditions name, each once: a request's value of each is looked
+    /// up once, however many routes test it (tables often hold many rules on one header, as
+    /// bookinfo's on `end-user`).
+    header_names: Vec<HeaderName>,
     /// For requests no route matches: all endpoints, the service's own policies.
     default: Arc<Route>,
 }
@@ -58,8 +63,32 @@ pub(crate) struct Routed {
 struct Matcher {
     path: Option<Path>,
     method: Option<Method>,
-    headers: Vec<(HeaderName, Value)>,
+    /// Conditions on headers, by the index of the header's name in the table's `header_names`.
+    headers: Vec<(usize, Value)>,
     query: Vec<(String, Value)>,
+}
+
+/// A request's values of the headers that route conditions name, each looked up when a
+/// condition first needs it.
+struct HeaderLookups<'a> {
+    headers: &'a http::HeaderMap,
+    names: &'a [HeaderName],
+    found: SmallVec<[Option<Option<&'a HeaderValue>>; 8]>,
+}
+
+impl<'a> HeaderLookups<'a> {
+    fn new(headers: &'a http::HeaderMap, names: &'a [HeaderName]) -> Self {
+        Self {
+            headers,
+            names,
+            found: smallvec::smallvec![None; names.len()],
+        }
+    }
+
+    fn get(&mut self, index: usize) -> Option<&'a HeaderValue> {
+        let (headers, names) = (self.headers, self.names);
+        *self.found[index].get_or_insert_with(|| headers.get(&names[index]))
+    }
 }
 
 enum Path {
@@ -97,11 +126,15 @@ impl RouteTable {
         balancer: &Balancer,
         mesh: &MeshHandle,
     ) -> Self {
+        let mut header_names = Vec::new();
         let routes = config
             .routes
             .iter()
             .enumerate()
-            .map(|(i, route)| Arc::new(Route::compile(i, route, config, balancer, mesh)))
+            .map(|(i, route)| {
+                let matcher = Matcher::compile(&route.matches, &mut header_names);
+                Arc::new(Route::compile(i, route, matcher, config, balancer, mesh))
+            })
             .collect();
         let default = RouteConfig {
             name: Some("default".to_owned()),
@@ -110,14 +143,23 @@ impl RouteTable {
         Self {
             service: Arc::clone(service),
             routes,
-            default: Arc::new(Route::compile(usize::MAX, &default, config, balancer, mesh)),
+            header_names,
+            default: Arc::new(Route::compile(
+                usize::MAX,
+                &default,
+                Matcher::default(),
+                config,
+                balancer,
+                mesh,
+            )),
         }
     }
 
     fn find<B>(&self, request: &Request<B>) -> &Arc<Route> {
+        let mut headers = HeaderLookups::new(request.headers(), &self.header_names);
         self.routes
             .iter()
-            .find(|route| route.matcher.matches(request))
+            .find(|route| route.matcher.matches(request, &mut headers))
             .unwrap_or(&self.default)
     }
 }
@@ -126,6 +168,7 @@ impl Route {
     fn compile(
         index: usize,
         route: &RouteConfig,
+        matcher: Matcher,
         service: &ServiceConfig,
         balancer: &Balancer,
         mesh: &MeshHandle,
@@ -146,7 +189,6 @@ impl Route {
             })
             .collect();
         let matches = &route.matches;
-        let matcher = Matcher::compile(matches);
         let prefix_rewrite = match (&matches.path, &route.prefix_rewrite) {
             (Some(PathMatch::Prefix(from)), Some(to)) => {
                 Some((from.trim_end_matches('/').to_owned(), to.clone()))
@@ -233,18 +275,20 @@ impl Value {
         }
     }
 
-    /// Whether the first `name` header matches. Presence is presence whatever the bytes: a
-    /// value that is not text (obs-text, which HTTP allows) is there, though no text matches it.
-    fn matches_header(&self, headers: &http::HeaderMap, name: &HeaderName) -> bool {
+    /// Whether `found`, the first value of a header, matches. Presence is presence whatever the
+    /// bytes: a value that is not text (obs-text, which HTTP allows) is there, though no text
+    /// matches it.
+    fn matches_header(&self, found: Option<&HeaderValue>) -> bool {
         match self {
-            Self::Present(present) => headers.contains_key(name) == *present,
-            _ => self.matches(headers.get(name).and_then(|value| value.to_str().ok())),
+            Self::Present(present) => found.is_some() == *present,
+            _ => self.matches(found.and_then(|value| value.to_str().ok())),
         }
     }
 }
 
 impl Matcher {
-    fn compile(matches: &RouteMatch) -> Self {
+    /// `matches`, compiled; the headers it names are added to `names` if not already there.
+    fn compile(matches: &RouteMatch, names: &mut Vec<HeaderName>) -> Self {
         Self {
             path: matches.path.as_ref().map(|path| match path {
                 PathMatch::Exact(path) => Path::Exact(path.clone()),
@@ -262,10 +306,13 @@ impl Matcher {
                 .headers
                 .iter()
                 .filter_map(|(name, value)| {
-                    Some((
-                        HeaderName::from_bytes(name.as_bytes()).ok()?,
-                        Value::compile(value),
-                    ))
+                    let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+                    let index = names.iter().position(|known| *known == name);
+                    let index = index.unwrap_or_else(|| {
+                        names.push(name);
+                        names.len() - 1
+                    });
+                    Some((index, Value::compile(value)))
                 })
                 .collect(),
             query: matches
@@ -276,7 +323,7 @@ impl Matcher {
         }
     }
 
-    fn matches<B>(&self, request: &Request<B>) -> bool {
+    fn matches<B>(&self, request: &Request<B>, headers: &mut HeaderLookups<'_>) -> bool {
         if let Some(method) = &self.method
             && request.method() != method
         {
@@ -296,11 +343,10 @@ impl Matcher {
                 return false;
             }
         }
-        let headers = request.headers();
         if !self
             .headers
             .iter()
-            .all(|(name, value)| value.matches_header(headers, name))
+            .all(|(index, value)| value.matches_header(headers.get(*index)))
         {
             return false;
         }
@@ -325,7 +371,7 @@ pub(crate) fn headers_match(
 ) -> bool {
     conditions
         .iter()
-        .all(|(name, value)| value.0.matches_header(headers, name))
+        .all(|(name, value)| value.0.matches_header(headers.get(name)))
 }
 
 /// A compiled header condition, opaque outside routing.
@@ -541,8 +587,20 @@ fn rewrite_prefix(request: &mut Request<Body>, from: &str, to: &str) {
 mod tests {
     use super::*;
 
-    fn matcher(toml: &str) -> Matcher {
-        Matcher::compile(&toml::from_str::<RouteMatch>(toml).expect("a valid match"))
+    /// A route's matcher with the header names it was compiled with, as a table holds them.
+    struct Compiled(Matcher, Vec<HeaderName>);
+
+    impl Compiled {
+        fn matches<B>(&self, request: &Request<B>) -> bool {
+            let mut headers = HeaderLookups::new(request.headers(), &self.1);
+            self.0.matches(request, &mut headers)
+        }
+    }
+
+    fn matcher(toml: &str) -> Compiled {
+        let mut names = Vec::new();
+        let matches = toml::from_str::<RouteMatch>(toml).expect("a valid match");
+        Compiled(Matcher::compile(&matches, &mut names), names)
     }
 
     fn get(uri: &str) -> Request<()> {
@@ -690,5 +748,23 @@ mod tests {
         );
         // The root prefix (kept as "" once its slash is trimmed) puts the new prefix in front.
         assert_eq!(rewrite("/x/y", "", "/v2"), "/v2/x/y");
+    }
+
+    #[test]
+    fn routes_on_one_header_share_its_lookup_and_each_tests_its_own_value() {
+        let mut names = Vec::new();
+        let compile = |toml: &str, names: &mut Vec<HeaderName>| {
+            Matcher::compile(&toml::from_str::<RouteMatch>(toml).unwrap(), names)
+        };
+        let jason = compile("headers = { end-user = \"jason\" }", &mut names);
+        let kim = compile("headers = { end-user = \"kim\" }", &mut names);
+        let canary = compile("headers = { x-canary = { present = true } }", &mut names);
+        assert_eq!(names.len(), 2, "end-user is named once: {names:?}");
+
+        let request = with_header("/", "end-user", HeaderValue::from_static("kim"));
+        let mut headers = HeaderLookups::new(request.headers(), &names);
+        assert!(!jason.matches(&request, &mut headers));
+        assert!(kim.matches(&request, &mut headers));
+        assert!(!canary.matches(&request, &mut headers));
     }
 }
