@@ -31,11 +31,7 @@ pub const TIMEOUT_HEADER: &str = "x-mesh-timeout-ms";
 const TIMEOUT_HEADER_NAME: http::HeaderName = http::HeaderName::from_static(TIMEOUT_HEADER);
 
 /// `number` in decimal followed by `unit`, as a header value, written without the intermediate
-/// string that formatting would make and cut from a buffer this thread shares: announcing the
-/// time left (`x-mesh-timeout-ms`, `grpc-timeout`) is on every request's path, and a value copied
-/// into an allocation of its own (as `HeaderValue::from_bytes` does) would cost each request one
-/// more. A buffer lives until the last value cut from it is dropped: at most 4 KiB per thread,
-/// plus those still held by requests in flight.
+/// string that formatting would make (see [`crate::http::unique_value`] for where it goes).
 pub(crate) fn number_value(mut number: u64, unit: &str) -> HeaderValue {
     // u64::MAX has 20 digits; units are one or two letters.
     let mut text = [0u8; 24];
@@ -50,21 +46,7 @@ pub(crate) fn number_value(mut number: u64, unit: &str) -> HeaderValue {
     }
     let end = 20 + unit.len().min(4);
     text[20..end].copy_from_slice(&unit.as_bytes()[..end - 20]);
-    thread_local! {
-        static VALUES: std::cell::RefCell<bytes::BytesMut> =
-            std::cell::RefCell::new(bytes::BytesMut::new());
-    }
-    const CHUNK: usize = 4096;
-    let text = &text[start..end];
-    VALUES.with_borrow_mut(|values| {
-        if values.capacity() < text.len() {
-            *values = bytes::BytesMut::with_capacity(CHUNK);
-        }
-        values.extend_from_slice(text);
-        let value = HeaderValue::from_maybe_shared(values.split().freeze())
-            .expect("digits and a unit are a valid value");
-        crate::http::unique(value)
-    })
+    crate::http::unique_value(&text[start..end]).expect("digits and a unit are a valid value")
 }
 
 /// The instant by which a request must be answered.

@@ -16,15 +16,36 @@ pub use self::endpoint::ServedBy;
 pub(crate) use self::endpoint::{Attempt, Endpoints};
 pub(crate) use self::transport::SendError;
 
-/// Marks `value`, one that no other request carries (a request id, a trace context, the time
-/// left), to be sent over HTTP/2 as HPACK's "literal never indexed". Indexed, a value that never
-/// repeats would take room in the header tables of both ends of the connection, evicting the
-/// names and values that do repeat on every call (the path, the content type, the user agent),
-/// which then go out and are decoded in full again. HTTP/1.1 ignores the mark; the value itself is
-/// unchanged (only its `Debug` form hides it).
-pub(crate) fn unique(mut value: http::HeaderValue) -> http::HeaderValue {
-    value.set_sensitive(true);
-    value
+/// A header value no other request carries (a request id, a trace context, the time left),
+/// cut from a buffer this thread shares and marked to be sent over HTTP/2 as HPACK's "literal
+/// never indexed".
+///
+/// The buffer: these values are on every request's path, and each one copied into an allocation
+/// of its own (as `HeaderValue::from_bytes` does) would cost the request one more; the retry
+/// layer's copies of the headers share it too. A buffer lives until the last value cut from it is
+/// dropped: at most 4 KiB per thread, plus those still held by requests in flight.
+///
+/// The mark: indexed, a value that never repeats would take room in the header tables of both
+/// ends of the connection, evicting the names and values that do repeat on every call (the path,
+/// the content type, the user agent), which then go out and are decoded in full again. HTTP/1.1
+/// ignores it; the value itself is unchanged (only its `Debug` form hides it).
+///
+/// `None` for bytes that are not a valid header value.
+pub(crate) fn unique_value(text: &[u8]) -> Option<http::HeaderValue> {
+    thread_local! {
+        static VALUES: std::cell::RefCell<bytes::BytesMut> =
+            std::cell::RefCell::new(bytes::BytesMut::new());
+    }
+    const CHUNK: usize = 4096;
+    VALUES.with_borrow_mut(|values| {
+        if values.capacity() < text.len() {
+            *values = bytes::BytesMut::with_capacity(CHUNK.max(text.len()));
+        }
+        values.extend_from_slice(text);
+        let mut value = http::HeaderValue::from_maybe_shared(values.split().freeze()).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    })
 }
 
 /// The services the outbound layers from the timeout layer outwards wrap and are: a request in,

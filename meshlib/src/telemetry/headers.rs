@@ -30,13 +30,13 @@ impl Injector for HeaderInjector<'_> {
             },
         };
         // A propagator's value that is not a valid header value is dropped, not sent broken.
-        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-            // A trace context names this request's own span; baggage repeats across requests.
-            let value = if name == TRACEPARENT {
-                crate::http::unique(value)
-            } else {
-                value
-            };
+        // A trace context names this request's own span; baggage repeats across requests.
+        let value = if name == TRACEPARENT {
+            crate::http::unique_value(value.as_bytes())
+        } else {
+            HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
+        };
+        if let Some(value) = value {
             self.0.insert(name, value);
         }
     }

@@ -47,13 +47,10 @@ impl TextMapPropagator for TraceContext {
 }
 
 /// `traceparent` for `span_context`, as the value of a header that requests copy for their
-/// retries: in a reference-counted buffer from the start, so that a copy costs no allocation.
+/// retries: cut from the thread's shared buffer, so that neither it nor a copy costs an allocation.
 pub(crate) fn traceparent_value(span_context: &SpanContext) -> http::HeaderValue {
-    let value = http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(traceparent_bytes(
-        span_context,
-    )))
-    .expect("hex digits and dashes are a valid header value");
-    crate::http::unique(value)
+    crate::http::unique_value(&traceparent_bytes(span_context))
+        .expect("hex digits and dashes are a valid header value")
 }
 
 /// `traceparent` in a `String` whose capacity is its length, so that `Bytes` takes it over

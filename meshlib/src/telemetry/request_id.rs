@@ -28,12 +28,7 @@ pub(crate) fn generate() -> HeaderValue {
         *byte = HEX[(id & 0xf) as usize];
         id >>= 4;
     }
-    // Owned by a reference-counted buffer from the start: the request's headers are copied for
-    // each attempt, and a value copied from a plain byte slice would allocate again on its first
-    // copy.
-    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
-        .expect("hex digits are a valid header value");
-    crate::http::unique(value)
+    crate::http::unique_value(&text).expect("hex digits are a valid header value")
 }
 
 /// The request id of the request being served by this task, if any.
