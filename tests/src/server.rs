@@ -324,3 +324,70 @@ async fn record(
     }
     Request::from_parts(parts, None)
 }
+
+/// A server's connection counts, for tests about how the mesh keeps its connections: how many
+/// were accepted, and how many are open now.
+#[derive(Clone, Default)]
+pub struct ConnectionCounts {
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ConnectionCounts {
+    /// Counts a connection just accepted; the guard counts it closed when dropped.
+    pub fn accepted_one(&self) -> OpenConnection {
+        self.accepted.fetch_add(1, Ordering::SeqCst);
+        self.open.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(Arc::clone(&self.open))
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Waits (up to 5 s) until `count` connections have been accepted in all.
+    pub async fn until_accepted(&self, count: usize) {
+        self.until(
+            |this| this.accepted() >= count,
+            || format!("{count} accepted"),
+        )
+        .await;
+    }
+
+    /// Waits (up to 5 s) until exactly `count` connections are open.
+    pub async fn until_open(&self, count: usize) {
+        self.until(|this| this.open() == count, || format!("{count} open"))
+            .await;
+    }
+
+    async fn until(&self, done: impl Fn(&Self) -> bool, what: impl Fn() -> String) {
+        let waited = tokio::time::timeout(Duration::from_secs(5), async {
+            while !done(self) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "not {}: {} connections accepted, {} open",
+            what(),
+            self.accepted(),
+            self.open()
+        );
+    }
+}
+
+/// A connection counted open by [`ConnectionCounts`] until dropped.
+pub struct OpenConnection(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -5,8 +5,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +13,7 @@ use hyper::body::Frame;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use meshlib::{Body, Mesh, MeshConfig};
+use meshlib_tests::server::ConnectionCounts;
 use tokio::net::TcpListener;
 use tower_service::Service as _;
 
@@ -24,8 +23,7 @@ type ServerBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// `/slow` after 100 ms, `/endless` with a body that never ends; anything else with `ok`.
 struct Server {
     addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    open: Arc<AtomicUsize>,
+    connections: ConnectionCounts,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -33,51 +31,36 @@ impl Server {
     async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let open = Arc::new(AtomicUsize::new(0));
+        let connections = ConnectionCounts::default();
         let accept = tokio::spawn({
-            let (accepted, open) = (Arc::clone(&accepted), Arc::clone(&open));
+            let connections = connections.clone();
             async move {
                 loop {
                     let (stream, _) = listener.accept().await.unwrap();
-                    accepted.fetch_add(1, Ordering::SeqCst);
-                    open.fetch_add(1, Ordering::SeqCst);
-                    let open = Arc::clone(&open);
+                    let open = connections.accepted_one();
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(answer);
                         let _ = http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
                             .await;
-                        open.fetch_sub(1, Ordering::SeqCst);
+                        drop(open);
                     });
                 }
             }
         });
         Self {
             addr,
-            accepted,
-            open,
+            connections,
             accept,
         }
     }
 
     fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
+        self.connections.accepted()
     }
 
     async fn until_open(&self, count: usize) {
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while self.open.load(Ordering::SeqCst) != count {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "{} connections open, not {count}",
-                self.open.load(Ordering::SeqCst)
-            )
-        });
+        self.connections.until_open(count).await;
     }
 }
 

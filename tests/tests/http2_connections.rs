@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +14,7 @@ use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshlib::discovery::MockResolver;
 use meshlib::{Body, Mesh, MeshConfig};
+use meshlib_tests::server::ConnectionCounts;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_service::Service as _;
@@ -21,8 +22,7 @@ use tower_service::Service as _;
 /// An HTTP/2 server that counts its connections and can close them all, abruptly or with GOAWAY.
 struct Server {
     addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    open: Arc<AtomicUsize>,
+    connections: ConnectionCounts,
     close: watch::Sender<Close>,
     accept: tokio::task::JoinHandle<()>,
 }
@@ -40,11 +40,10 @@ impl Server {
     async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let open = Arc::new(AtomicUsize::new(0));
+        let connections = ConnectionCounts::default();
         let (close, closing) = watch::channel(Close::No);
         let accept = tokio::spawn({
-            let (accepted, open) = (Arc::clone(&accepted), Arc::clone(&open));
+            let connections = connections.clone();
             async move {
                 loop {
                     let (stream, _) = listener.accept().await.unwrap();
@@ -52,9 +51,7 @@ impl Server {
                     // the connection closes it.
                     let mut closing = closing.clone();
                     closing.mark_unchanged();
-                    accepted.fetch_add(1, Ordering::SeqCst);
-                    open.fetch_add(1, Ordering::SeqCst);
-                    let open = Arc::clone(&open);
+                    let open = connections.accepted_one();
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(|_| async {
                             Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
@@ -72,26 +69,21 @@ impl Server {
                                 }
                             }
                         }
-                        open.fetch_sub(1, Ordering::SeqCst);
+                        drop(open);
                     });
                 }
             }
         });
         Self {
             addr,
-            accepted,
-            open,
+            connections,
             close,
             accept,
         }
     }
 
     fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-
-    fn open(&self) -> usize {
-        self.open.load(Ordering::SeqCst)
+        self.connections.accepted()
     }
 
     fn close_all(&self, how: fn(usize) -> Close) {
@@ -105,23 +97,11 @@ impl Server {
     }
 
     async fn until_accepted(&self, count: usize) {
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while self.accepted() < count {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{} connections accepted, not {count}", self.accepted()));
+        self.connections.until_accepted(count).await;
     }
 
     async fn until_open(&self, count: usize) {
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while self.open() != count {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{} connections open, not {count}", self.open()));
+        self.connections.until_open(count).await;
     }
 }
 
@@ -248,7 +228,7 @@ async fn a_removed_endpoint_has_its_connection_closed() {
         assert_eq!(get(&mut client).await.unwrap(), http::StatusCode::OK);
     }
     assert_eq!(a.accepted(), 1, "no new connection to the removed endpoint");
-    assert_eq!(b.open(), 1);
+    assert_eq!(b.connections.open(), 1);
 }
 
 #[tokio::test]
