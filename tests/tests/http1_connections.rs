@@ -1,7 +1,7 @@
 //! An HTTP/1.1 service's endpoints keep their idle keep-alive connections: a connection is
 //! reused once its response's body has ended, never while a response is still on it; one the
-//! server closed is not reused; a body dropped unread does not hold up the next request; and
-//! connections idle for `pool_idle_timeout` are closed.
+//! server closed is not reused; a body dropped unread does not hold up the next request;
+//! connections idle for `pool_idle_timeout` are closed, and a removed endpoint's are closed too.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use http_body_util::{BodyExt as _, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
+use meshlib::discovery::MockResolver;
 use meshlib::{Body, Mesh, MeshConfig};
 use meshlib_tests::server::ConnectionCounts;
 use tokio::net::TcpListener;
@@ -180,4 +181,35 @@ async fn idle_connections_are_closed_after_the_pool_idle_timeout() {
     server.until_open(0).await;
     assert_eq!(get(&mut client, "/").await, "ok");
     assert_eq!(server.accepted(), 2);
+}
+
+#[tokio::test]
+async fn a_removed_endpoint_has_its_connections_closed() {
+    let (a, b) = (Server::start().await, Server::start().await);
+    let resolver = MockResolver::new();
+    let ratings = resolver.service("ratings");
+    ratings.reset([a.addr, b.addr]);
+    // Round robin, so that both endpoints are called (and connected to).
+    let config = MeshConfig::from_toml("[services.ratings]\nbalancer = \"round-robin\"\n").unwrap();
+    let mesh = Mesh::builder(config)
+        .resolver("ratings", resolver)
+        .build()
+        .unwrap();
+    let mut client = mesh.http_client("ratings").unwrap();
+    for _ in 0..10 {
+        assert_eq!(get(&mut client, "/").await, "ok");
+    }
+    assert_eq!((a.accepted(), b.accepted()), (1, 1));
+
+    ratings.remove(a.addr);
+    a.until_open(0).await;
+    for _ in 0..10 {
+        assert_eq!(get(&mut client, "/").await, "ok");
+    }
+    assert_eq!(a.accepted(), 1, "no new connection to the removed endpoint");
+    assert_eq!(
+        b.accepted(),
+        1,
+        "the remaining endpoint's connection is reused"
+    );
 }
