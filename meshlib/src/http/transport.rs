@@ -25,7 +25,9 @@
 
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -75,14 +77,20 @@ impl Transport {
     }
 
     /// Sends `request`, whose URI names `endpoint`, to `endpoint`.
-    pub(crate) async fn send(
-        &self,
-        endpoint: &BalancedEndpoint,
+    ///
+    /// Boxed: every layer above keeps this future inside its own, and moves it as it does; in a
+    /// box, what they move is a pointer rather than the kilobyte and a half the sending state
+    /// takes.
+    pub(crate) fn send<'a>(
+        &'a self,
+        endpoint: &'a BalancedEndpoint,
         request: Request<Body>,
-    ) -> Result<Response<Body>, SendError> {
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, SendError>> + Send + 'a>> {
         match self {
-            Self::Http1(http1) => http1.send(endpoint, request).await,
-            Self::Http2(http2) => Ok(http2.send(endpoint, request).await?.map(Body::from)),
+            Self::Http1(http1) => Box::pin(http1.send(endpoint, request)),
+            Self::Http2(http2) => {
+                Box::pin(async move { Ok(http2.send(endpoint, request).await?.map(Body::from)) })
+            }
         }
     }
 }
