@@ -213,3 +213,26 @@ async fn a_removed_endpoint_has_its_connections_closed() {
         "the remaining endpoint's connection is reused"
     );
 }
+
+#[tokio::test]
+async fn a_server_that_closes_every_connection_fails_the_request_without_waiting_it_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accept = tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            drop(stream);
+        }
+    });
+    let config = MeshConfig::from_toml(&format!(
+        "[services.ratings]\ntimeout = \"10s\"\ndiscovery = {{ kind = \"static\", endpoints = [\"{addr}\"] }}\n"
+    ))
+    .unwrap();
+    let mut client = Mesh::new(config).unwrap().http_client("ratings").unwrap();
+    let request = http::Request::get("/").body(Body::empty()).unwrap();
+    let started = tokio::time::Instant::now();
+    let error = client.call(request).await.unwrap_err();
+    assert!(!error.is_timeout(), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{error}");
+    accept.abort();
+}

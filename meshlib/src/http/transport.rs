@@ -258,8 +258,9 @@ impl Http1 {
                 None => (Box::pin(self.connect(endpoint)).await?, false),
             };
             // A connection given back as its response's body ended may still be finishing
-            // that response.
-            if !sender.is_ready() && sender.ready().await.is_err() {
+            // that response; one closed meanwhile is passed over. A new one takes its first
+            // request at once, and its failure is the request's.
+            if reused && !sender.is_ready() && sender.ready().await.is_err() {
                 continue;
             }
             match sender.try_send_request(request).await {
