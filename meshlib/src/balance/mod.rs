@@ -99,8 +99,8 @@ pub struct BalancedEndpoint {
     out: AtomicU8,
     removed: AtomicBool,
     status: Arc<Status>,
-    /// What the transport keeps for this endpoint (its own HTTP/2 connection), made by the
-    /// first request and dropped with the endpoint: once discovery has removed it and its last
+    /// What the transport keeps for this endpoint (its idle HTTP/1.1 connections, or its one
+    /// HTTP/2 connection), made by the first request and dropped with the endpoint: once discovery has removed it and its last
     /// request has finished. Untyped, so that balancing knows nothing of how requests travel.
     attached: OnceLock<Box<dyn Any + Send + Sync>>,
 }

@@ -1,6 +1,6 @@
 //! The innermost layer of the outbound stack: pick an endpoint, send the request to it over a
-//! kept connection (the endpoint's own for HTTP/2, a pooled one for HTTP/1.1; see
-//! [`super::transport`]), classify the answer once.
+//! connection the endpoint keeps (its one HTTP/2 connection, or one of its idle HTTP/1.1 ones;
+//! see [`super::transport`]), classify the answer once.
 //!
 //! A gRPC request (by its content type) is told its time left as `grpc-timeout` instead of
 //! `x-mesh-timeout-ms`, and its answer is classified by its `grpc-status`: at the head when the
@@ -199,10 +199,9 @@ impl Inner {
                 });
                 Ok(response)
             }
-            Ok(response) => {
+            Ok(mut response) => {
                 let class = self.classifier.response(&response);
                 in_flight.finish(class);
-                let mut response = response;
                 response.extensions_mut().insert(ServedBy {
                     endpoint: addr,
                     class: Some(class),

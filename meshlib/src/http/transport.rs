@@ -135,7 +135,7 @@ pub(crate) struct Http1 {
 }
 
 /// An endpoint's idle HTTP/1.1 connections, the newest last (see [`BalancedEndpoint::attached`]).
-pub(crate) struct IdleConnections {
+struct IdleConnections {
     idle: Mutex<Vec<IdleConnection>>,
 }
 
