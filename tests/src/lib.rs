@@ -12,7 +12,7 @@ pub mod server;
 pub mod telemetry;
 
 pub use app::AppServer;
-pub use server::{HEALTH_PATH, Received, SERVER_HEADER, TestServer};
+pub use server::{HEALTH_PATH, Received, RefusingPort, SERVER_HEADER, TestServer};
 
 use std::net::SocketAddr;
 

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -32,6 +32,9 @@ pub const HEALTH_PATH: &str = "/health";
 #[derive(Debug)]
 pub struct TestServer {
     addr: SocketAddr,
+    /// Holds the port for the server's whole life, bound but never listening, so that a stopped
+    /// server's port refuses connections rather than passing to a server another test starts.
+    _port: TcpSocket,
     state: Arc<State>,
     accept: Option<tokio::task::JoinHandle<()>>,
 }
@@ -87,9 +90,9 @@ impl Received {
 impl TestServer {
     /// Starts a server named `name` on a free port; it answers 200 at once until told otherwise.
     pub async fn start(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
+        let port = shared_port(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let addr = port.local_addr().expect("local address");
+        let listener = listen(addr);
         let state = Arc::new(State {
             name: name.to_owned(),
             status: AtomicU16::new(200),
@@ -102,10 +105,10 @@ impl TestServer {
             headers: Mutex::default(),
             received: Mutex::default(),
         });
-        let addr = listener.local_addr().expect("local address");
         let accept = tokio::spawn(serve(listener, Arc::clone(&state)));
         Self {
             addr,
+            _port: port,
             state,
             accept: Some(accept),
         }
@@ -188,31 +191,70 @@ impl TestServer {
         lock(&self.state.received).clone().unwrap_or_default()
     }
 
-    /// Stops listening and closes every open connection, as a crashed process would.
-    pub fn stop(&mut self) {
+    /// Stops listening and closes every open connection, as a crashed process would. When it
+    /// returns, connections to the port are refused; the port stays the server's.
+    pub async fn stop(&mut self) {
         if let Some(accept) = self.accept.take() {
             accept.abort();
+            // Aborted, the task drops its listener and connections when it is next polled.
+            let _ = accept.await;
         }
     }
 
     /// Listens again on the same port after [`TestServer::stop`].
     pub async fn restart(&mut self) {
-        self.stop();
-        // The aborted task releases the port once it has been polled to completion.
-        let listener = loop {
-            match TcpListener::bind(self.addr).await {
-                Ok(listener) => break listener,
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        };
+        self.stop().await;
+        let listener = listen(self.addr);
         self.accept = Some(tokio::spawn(serve(listener, Arc::clone(&self.state))));
     }
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+        }
     }
+}
+
+/// A loopback port that refuses every connection for as long as this lives: bound, never
+/// listening, and not handed to anything else meanwhile (a port bound and closed again could go
+/// to the next server any test starts).
+#[derive(Debug)]
+pub struct RefusingPort(TcpSocket);
+
+impl RefusingPort {
+    /// A free port, held.
+    pub fn new() -> Self {
+        Self(shared_port(SocketAddr::from(([127, 0, 0, 1], 0))))
+    }
+
+    /// Its address on 127.0.0.1.
+    pub fn addr(&self) -> SocketAddr {
+        self.0.local_addr().expect("local address")
+    }
+}
+
+impl Default for RefusingPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A socket bound to `addr` that other sockets bound with `SO_REUSEPORT` can share. A port that
+/// such a socket holds is never handed to a socket bound to port 0.
+fn shared_port(addr: SocketAddr) -> TcpSocket {
+    let socket = TcpSocket::new_v4().expect("a TCP socket");
+    socket.set_reuseport(true).expect("SO_REUSEPORT");
+    socket
+        .bind(addr)
+        .unwrap_or_else(|error| panic!("bind {addr}: {error}"));
+    socket
+}
+
+/// A listener on `addr`, a port that a [`shared_port`] holds.
+fn listen(addr: SocketAddr) -> TcpListener {
+    shared_port(addr).listen(1024).expect("listen")
 }
 
 async fn serve(listener: TcpListener, state: Arc<State>) {

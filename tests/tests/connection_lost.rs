@@ -37,7 +37,7 @@ async fn lose_connection(method: http::Method) -> Result<http::StatusCode, meshl
     .expect("the request reached the endpoint");
     reviews.add(healthy.addr());
     // The process dies: its connections are closed with the request unanswered.
-    dying.stop();
+    dying.stop().await;
     tokio::time::timeout(Duration::from_secs(5), call)
         .await
         .expect("the call ends promptly")

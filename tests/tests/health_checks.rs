@@ -50,7 +50,7 @@ async fn an_endpoint_dead_from_the_start_never_gets_a_user_request() {
         TestServer::start("b").await,
         TestServer::start("dead").await,
     ];
-    servers[2].stop();
+    servers[2].stop().await;
     // One attempt per request: a request sent to the dead endpoint would fail outright instead
     // of being retried elsewhere, so "no request failed" shows that none was sent there.
     let client = client(&servers, "retry = { max_attempts = 1 }");

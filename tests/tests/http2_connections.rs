@@ -253,11 +253,8 @@ async fn an_idle_connection_is_closed_and_made_again() {
 
 #[tokio::test]
 async fn an_endpoint_that_refuses_connections_is_a_connect_error() {
-    // A port nobody listens on: bind one, then close it.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refusing = meshlib_tests::RefusingPort::new();
+    let closed = refusing.addr();
     let config = MeshConfig::from_toml(&format!(
         "[services.ratings]\nprotocol = \"http2\"\nretry = {{ max_attempts = 1 }}\ndiscovery = {{ kind = \"static\", endpoints = [\"{closed}\"] }}\n"
     ))

@@ -2,7 +2,6 @@
 //! librdkafka last reported about the brokers (here a refused connection, then every broker
 //! down), not only "circuit open" or "message timed out".
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use meshlib::breaker::BreakerState;
@@ -15,10 +14,8 @@ use rdkafka::error::RDKafkaErrorCode;
 async fn sends_to_a_refusing_cluster_name_the_refused_connection() {
     // A loopback port nothing listens on: every connection is refused, librdkafka reports all
     // brokers down, and the cluster's breaker opens at once.
-    let closed: SocketAddr = {
-        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        listener.local_addr().unwrap()
-    };
+    let refusing = meshlib_tests::RefusingPort::new();
+    let closed = refusing.addr();
     let toml = format!(
         "[kafka.{cluster}]\n\
          discovery = {{ kind = \"static\", endpoints = [\"{closed}\"] }}\n\

@@ -54,11 +54,8 @@ async fn unknown_services_and_unreachable_endpoints_are_named() {
         "service \"reviews\" is not in the mesh configuration"
     );
 
-    // A port nobody listens on: bind one, then close it.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refusing = meshlib_tests::RefusingPort::new();
+    let closed = refusing.addr();
     ratings.reset([closed]);
     let mut client = mesh.http_client("ratings").unwrap();
     let error = client

@@ -32,7 +32,7 @@ async fn two_healthy_one_dead() -> [TestServer; 3] {
         TestServer::start("b").await,
         TestServer::start("dead").await,
     ];
-    servers[2].stop();
+    servers[2].stop().await;
     servers
 }
 

@@ -133,7 +133,7 @@ pub(super) fn run(options: &Options) -> Result<(), BoxError> {
             let started = Instant::now();
             tokio::time::sleep(kill_at).await;
             let dead = &mut servers[0];
-            dead.stop();
+            dead.stop().await;
             let killed = Instant::now();
             events.watch(true);
             tokio::time::sleep(down).await;
