@@ -26,8 +26,8 @@ use tokio::time::Instant;
 /// The header that carries a request's remaining time, in whole milliseconds.
 pub const TIMEOUT_HEADER: &str = "x-mesh-timeout-ms";
 
-/// [`TIMEOUT_HEADER`] as a header name, made once: a name given as a string is parsed, and a
-/// non-standard one copied, on every insert.
+/// [`TIMEOUT_HEADER`] as a header name, made once: a name given as a string is parsed on every
+/// lookup and insert, and a non-standard one copied on every insert.
 const TIMEOUT_HEADER_NAME: http::HeaderName = http::HeaderName::from_static(TIMEOUT_HEADER);
 
 /// `number` in decimal followed by `unit`, as a header value, written without the intermediate
@@ -87,11 +87,11 @@ impl Deadline {
     /// or gRPC's `grpc-timeout`, the sooner if both.
     pub fn from_headers(headers: &http::HeaderMap) -> Option<Self> {
         let mesh = headers
-            .get(TIMEOUT_HEADER)
+            .get(&TIMEOUT_HEADER_NAME)
             .and_then(|value| value.to_str().ok()?.trim().parse().ok())
             .map(Duration::from_millis);
         let grpc = headers
-            .get(crate::grpc::TIMEOUT_HEADER)
+            .get(&crate::grpc::TIMEOUT_HEADER_NAME)
             .and_then(|value| crate::grpc::parse_timeout(value.to_str().ok()?));
         let timeout = match (mesh, grpc) {
             (Some(a), Some(b)) => a.min(b),

@@ -32,9 +32,16 @@ pub(crate) const TIMEOUT_HEADER_NAME: http::HeaderName =
 /// The header (or trailer) that carries a gRPC call's status code.
 pub const STATUS_HEADER: &str = "grpc-status";
 
+/// [`STATUS_HEADER`] as a header name: looked up by name, not parsed from a string per call.
+const STATUS_HEADER_NAME: http::HeaderName = http::HeaderName::from_static(STATUS_HEADER);
+
 /// The trailer by which a server asks a client to retry only after a delay, or not at all (gRFC
 /// A44).
 pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+
+/// [`PUSHBACK_HEADER`] as a header name.
+pub(crate) const PUSHBACK_HEADER_NAME: http::HeaderName =
+    http::HeaderName::from_static(PUSHBACK_HEADER);
 
 /// Whether `headers` are those of a gRPC request or response: `application/grpc`, alone or with a
 /// `+codec` or parameters. gRPC-Web (`application/grpc-web`) is a different protocol, with its
@@ -128,7 +135,7 @@ impl Code {
 
     /// The status a `grpc-status` header or trailer carries, if it is there and a number.
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        let value = headers.get(STATUS_HEADER)?.to_str().ok()?;
+        let value = headers.get(&STATUS_HEADER_NAME)?.to_str().ok()?;
         value.trim().parse().ok().map(Self::from_number)
     }
 

@@ -135,7 +135,7 @@ where
         request: Request<Body>,
         attempt: Attempt,
     ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'static {
-        Arc::clone(&self.shared).send(request, attempt.deadline)
+        Arc::clone(&self.shared).send(request, attempt.deadline, attempt.grpc)
     }
 }
 
@@ -147,6 +147,7 @@ where
         self: Arc<Self>,
         request: Request<Body>,
         deadline: Option<Deadline>,
+        grpc: bool,
     ) -> Result<Response<Body>, Error> {
         let inner = &self.inner;
         let policy = &*self.policy;
@@ -163,7 +164,6 @@ where
         let per_try_timeout = route.per_try_timeout.or(policy.per_try_timeout);
         let non_idempotent = route.non_idempotent.unwrap_or(policy.non_idempotent);
         let idempotent = non_idempotent || is_idempotent(request.method());
-        let grpc = crate::grpc::is_grpc(request.headers());
         let (parts, body) = request.into_parts();
         let body = match max_attempts {
             1 => Err(body),
@@ -187,7 +187,10 @@ where
         let mut failed = None;
         loop {
             let result = inner
-                .send(request, attempt(deadline, per_try_timeout, avoid.clone()))
+                .send(
+                    request,
+                    attempt(grpc, deadline, per_try_timeout, avoid.clone()),
+                )
                 .await;
             let Some((replay, head)) = &replay else {
                 return result;
@@ -266,9 +269,10 @@ where
     }
 }
 
-/// What one attempt is told: its deadline (the request's, or sooner by the per-try timeout) and
-/// the endpoints to avoid.
+/// What one attempt is told: whether it is gRPC, its deadline (the request's, or sooner by the
+/// per-try timeout) and the endpoints to avoid.
 fn attempt(
+    grpc: bool,
     deadline: Option<Deadline>,
     per_try_timeout: Option<Duration>,
     avoid: Vec<std::net::SocketAddr>,
@@ -276,16 +280,19 @@ fn attempt(
     let per_try = per_try_timeout.map(Deadline::after);
     match (deadline, per_try) {
         (Some(request), Some(attempt)) if attempt < request => Attempt {
+            grpc,
             deadline: Some(attempt),
             per_try: true,
             avoid,
         },
         (None, Some(attempt)) => Attempt {
+            grpc,
             deadline: Some(attempt),
             per_try: true,
             avoid,
         },
         (request, _) => Attempt {
+            grpc,
             deadline: request,
             per_try: false,
             avoid,
@@ -357,7 +364,7 @@ enum Pushback {
 }
 
 fn pushback(headers: &HeaderMap) -> Pushback {
-    let Some(value) = headers.get(crate::grpc::PUSHBACK_HEADER) else {
+    let Some(value) = headers.get(&crate::grpc::PUSHBACK_HEADER_NAME) else {
         return Pushback::None;
     };
     let millis = value.to_str().ok().map(str::trim).and_then(|value| {

@@ -84,9 +84,8 @@ where
             .unwrap_or(self.timeout);
         let mut own = Deadline::after(timeout);
         let mut allowed = timeout;
-        if crate::grpc::is_grpc(request.headers())
-            && let Some(asked) = Deadline::from_headers(request.headers())
-        {
+        let grpc = crate::grpc::is_grpc(request.headers());
+        if grpc && let Some(asked) = Deadline::from_headers(request.headers()) {
             own = own.min(asked);
             allowed = own.remaining();
         }
@@ -105,6 +104,7 @@ where
             return Box::pin(std::future::ready(Err(error)));
         }
         let attempt = Attempt {
+            grpc,
             deadline: Some(deadline),
             ..Attempt::default()
         };

@@ -33,6 +33,9 @@ use crate::route::Routed;
 /// layer narrows that to the per-try timeout and names the endpoints to avoid.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Attempt {
+    /// Whether the request is a gRPC call (by its content type), read once by the timeout layer
+    /// for every layer below.
+    pub(crate) grpc: bool,
     /// When this attempt must be answered: the request's deadline or its per-try timeout.
     pub(crate) deadline: Option<Deadline>,
     /// Whether the per-try timeout, sooner than the request's deadline, set `deadline`: only
@@ -123,7 +126,7 @@ impl Inner {
             avoid: &attempt.avoid,
         };
         let endpoint = self.pick(&target, attempt.deadline).await?;
-        let grpc = crate::grpc::is_grpc(request.headers());
+        let grpc = attempt.grpc;
 
         let uri = std::mem::take(request.uri_mut());
         let mut parts = uri.into_parts();

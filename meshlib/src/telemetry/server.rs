@@ -22,7 +22,7 @@ use super::access_log::Entry;
 use super::client::{method_attributes, request_id_attribute, span_name};
 use super::headers::HeaderExtractor;
 use super::metrics::{RequestMetrics, Side};
-use super::request_id::{self, CurrentRequestId, REQUEST_ID_HEADER};
+use super::request_id::{self, CurrentRequestId};
 use super::{StatusClass, Telemetry, trace_id};
 use crate::http::Body;
 use crate::inbound::Peer;
@@ -122,7 +122,7 @@ where
             return Box::pin(self.inner.call(request));
         }
         let started = Instant::now();
-        let request_id = match request.headers().get(REQUEST_ID_HEADER) {
+        let request_id = match request.headers().get(&request_id::HEADER_NAME) {
             Some(id) => Some(id.clone()),
             None if telemetry.request_id => {
                 let id = request_id::generate();
