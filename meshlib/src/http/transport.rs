@@ -35,7 +35,7 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
@@ -61,7 +61,7 @@ impl Transport {
     ) -> Self {
         let connector = Connector::new(service, config, identity);
         if config.protocol == Protocol::Http2 {
-            let mut builder = http2::Builder::new(TokioExecutor::new());
+            let mut builder = http2::Builder::new(BoxingExecutor);
             builder.timer(TokioTimer::new());
             return Self::Http2(Http2 {
                 connector,
@@ -302,10 +302,26 @@ impl Http1 {
     }
 }
 
+/// Spawns the tasks hyper makes for each HTTP/2 request (one that sends its body, one that waits
+/// for its answer) boxed. Tokio moves a task's future as it spawns it and again as the task
+/// finishes, and hyper's are over a kilobyte each: a box makes each move one pointer's.
+#[derive(Clone, Copy)]
+pub(crate) struct BoxingExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxingExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(Box::pin(future));
+    }
+}
+
 /// The HTTP/2 transport: what every endpoint's connection is made with.
 pub(crate) struct Http2 {
     connector: Connector,
-    builder: http2::Builder<TokioExecutor>,
+    builder: http2::Builder<BoxingExecutor>,
     idle_timeout: Duration,
 }
 
