@@ -33,7 +33,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use backon::{BackoffBuilder as _, ExponentialBuilder};
+use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use smallvec::SmallVec;
 use tower::retry::budget::{Budget as _, TpsBudget};
@@ -143,128 +144,138 @@ impl<S> Shared<S>
 where
     S: AttemptService,
 {
-    async fn send(
+    /// This future is part of every request's, and is moved whole (size and all) as the layers
+    /// above wrap it, so what it keeps across its awaits is kept small. The request lives in one
+    /// place, where the block captured it, and each attempt takes it from there (an `async fn`
+    /// would keep its arguments twice); what a retry needs is boxed, and made only for a request
+    /// that may be retried.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep the request twice in its future"
+    )]
+    fn send(
         self: Arc<Self>,
-        request: Request<Body>,
+        mut request: Request<Body>,
         deadline: Option<Deadline>,
         grpc: bool,
-    ) -> Result<Response<Body>, Error> {
-        let inner = &self.inner;
-        let policy = &*self.policy;
-        if let Some(budget) = &policy.budget {
-            budget.deposit();
-        }
-        // A route may override the service's attempts, per-try timeout and method rule.
-        let route = request
-            .extensions()
-            .get::<Routed>()
-            .and_then(|routed| routed.route.retry.clone())
-            .unwrap_or_default();
-        let max_attempts = route.max_attempts.unwrap_or(policy.max_attempts);
-        let per_try_timeout = route.per_try_timeout.or(policy.per_try_timeout);
-        let non_idempotent = route.non_idempotent.unwrap_or(policy.non_idempotent);
-        let idempotent = non_idempotent || is_idempotent(request.method());
-        let (parts, body) = request.into_parts();
-        let body = match max_attempts {
-            1 => Err(body),
-            _ => body.into_replayable(policy.max_replay_bytes, !grpc).await,
-        };
-        // A body too large to send twice gets one attempt, whatever happens. Either way there is
-        // one place that awaits the inner service: every await point of this future keeps room
-        // for the inner one's, in every request's future.
-        // The first attempt sends the request's own head; retries send copies of it.
-        let (body, replay) = match body {
-            Ok(replay) => (
-                Body::from(replay.clone()),
-                Some((replay, Head::copy(&parts))),
-            ),
-            Err(body) => (body, None),
-        };
-        let mut request = Request::from_parts(parts, body);
-        let mut backoff = policy.backoff.build();
-        let mut avoid = Vec::new();
-        let mut attempts = 1;
-        let mut failed = None;
-        loop {
-            let result = inner
-                .send(
-                    request,
-                    attempt(grpc, deadline, per_try_timeout, avoid.clone()),
-                )
-                .await;
-            let Some((replay, head)) = &replay else {
-                return result;
-            };
-            // A retry that found every endpoint ejected (the failure it retries may be what
-            // ejected the last one) was never sent: the failure that caused it is the answer.
-            if let (Err(error), Some(previous)) = (&result, failed.take())
-                && error.is_circuit_open()
-            {
-                return Err(previous);
+    ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'static {
+        async move {
+            let inner = &self.inner;
+            let policy = &*self.policy;
+            if let Some(budget) = &policy.budget {
+                budget.deposit();
             }
-
-            let (class, served_by) = match &result {
-                Ok(response) => {
-                    let served = response.extensions().get::<ServedBy>();
-                    let class = match served.and_then(|served| served.class) {
-                        Some(class) => class,
-                        // A gRPC answer classified at its end: committed, never retried.
-                        None if grpc => return result,
-                        None => policy.classifier.response(response),
+            // A route may override the service's attempts, per-try timeout and method rule.
+            let route = request
+                .extensions()
+                .get::<Routed>()
+                .and_then(|routed| routed.route.retry.clone())
+                .unwrap_or_default();
+            let max_attempts = route.max_attempts.unwrap_or(policy.max_attempts);
+            let per_try_timeout = route.per_try_timeout.or(policy.per_try_timeout);
+            let non_idempotent = route.non_idempotent.unwrap_or(policy.non_idempotent);
+            let idempotent = non_idempotent || is_idempotent(request.method());
+            // A body too large to send twice gets one attempt, whatever happens. Either way there is
+            // one place that awaits the inner service: every await point of this future keeps room
+            // for the inner one's, in every request's future.
+            let mut replay = None;
+            if max_attempts > 1 {
+                let body = std::mem::take(request.body_mut());
+                *request.body_mut() =
+                    match body.into_replayable(policy.max_replay_bytes, !grpc).await {
+                        Ok(data) => {
+                            let body = Body::from(data.clone());
+                            replay = Some(Box::new(Replay::new(&request, data)));
+                            body
+                        }
+                        Err(body) => body,
                     };
-                    (class, served.map(|served| served.endpoint))
+            }
+            let mut attempts = 1;
+            let mut failed = None;
+            loop {
+                let avoid = replay.as_ref().map(|replay| replay.avoid.clone());
+                let result = inner
+                    .send(
+                        request,
+                        attempt(grpc, deadline, per_try_timeout, avoid.unwrap_or_default()),
+                    )
+                    .await;
+                let Some(replay) = &mut replay else {
+                    return result;
+                };
+                // A retry that found every endpoint ejected (the failure it retries may be what
+                // ejected the last one) was never sent: the failure that caused it is the answer.
+                if let (Err(error), Some(previous)) = (&result, failed.take())
+                    && error.is_circuit_open()
+                {
+                    return Err(previous);
                 }
-                Err(error) => (policy.classifier.error(error), error.endpoint()),
-            };
-            if !class.is_retryable() || attempts >= max_attempts {
-                return result;
-            }
-            // A connection that was never made carried nothing: safe to retry whatever the method.
-            let never_sent = matches!(&result, Err(error) if error.is_connect());
-            // A gRPC status the service calls retryable is its owner's word that it is safe.
-            let declared = grpc && result.is_ok();
-            if !idempotent && !never_sent && !declared {
-                return result;
-            }
-            let ceiling = backoff.next().unwrap_or(policy.backoff_max);
-            let mut wait = ceiling.mul_f64(fastrand::f64());
-            if let Ok(response) = &result {
-                if grpc {
-                    match pushback(response.headers()) {
-                        Pushback::None => {}
-                        Pushback::After(after) => {
-                            // A44: the pushback replaces the backoff, which starts over.
-                            wait = after;
-                            backoff = policy.backoff.build();
-                        }
-                        Pushback::Stop => {
-                            tracing::debug!(service = %policy.service, attempts, "server pushback: no retry");
-                            return result;
-                        }
+
+                let (class, served_by) = match &result {
+                    Ok(response) => {
+                        let served = response.extensions().get::<ServedBy>();
+                        let class = match served.and_then(|served| served.class) {
+                            Some(class) => class,
+                            // A gRPC answer classified at its end: committed, never retried.
+                            None if grpc => return result,
+                            None => policy.classifier.response(response),
+                        };
+                        (class, served.map(|served| served.endpoint))
                     }
-                } else if let Some(after) = retry_after(response.headers()) {
-                    wait = wait.max(after);
+                    Err(error) => (policy.classifier.error(error), error.endpoint()),
+                };
+                if !class.is_retryable() || attempts >= max_attempts {
+                    return result;
                 }
+                // A connection that was never made carried nothing: safe to retry whatever the method.
+                let never_sent = matches!(&result, Err(error) if error.is_connect());
+                // A gRPC status the service calls retryable is its owner's word that it is safe.
+                let declared = grpc && result.is_ok();
+                if !idempotent && !never_sent && !declared {
+                    return result;
+                }
+                let backoff = replay.backoff.get_or_insert_with(|| policy.backoff.build());
+                let ceiling = backoff.next().unwrap_or(policy.backoff_max);
+                let mut wait = ceiling.mul_f64(fastrand::f64());
+                if let Ok(response) = &result {
+                    if grpc {
+                        match pushback(response.headers()) {
+                            Pushback::None => {}
+                            Pushback::After(after) => {
+                                // A44: the pushback replaces the backoff, which starts over.
+                                wait = after;
+                                replay.backoff = None;
+                            }
+                            Pushback::Stop => {
+                                tracing::debug!(service = %policy.service, attempts, "server pushback: no retry");
+                                return result;
+                            }
+                        }
+                    } else if let Some(after) = retry_after(response.headers()) {
+                        wait = wait.max(after);
+                    }
+                }
+                if deadline.is_some_and(|deadline| deadline.remaining() <= wait) {
+                    return result;
+                }
+                if let Some(budget) = &policy.budget
+                    && !budget.withdraw()
+                {
+                    tracing::debug!(service = %policy.service, attempts, "retry budget exhausted; returning the failure");
+                    metrics::retry_budget_exhausted(&policy.service);
+                    return result;
+                }
+                tracing::debug!(service = %policy.service, attempts, endpoint = ?served_by, ?wait, "retrying");
+                metrics::retried(&policy.service);
+                replay.avoid.extend(served_by);
+                // An error is kept in case the retry cannot be sent; a response is let go, so that
+                // its connection is free for the retry.
+                failed = result.err();
+                tokio::time::sleep(wait).await;
+                attempts += 1;
+                request = replay.request();
             }
-            if deadline.is_some_and(|deadline| deadline.remaining() <= wait) {
-                return result;
-            }
-            if let Some(budget) = &policy.budget
-                && !budget.withdraw()
-            {
-                tracing::debug!(service = %policy.service, attempts, "retry budget exhausted; returning the failure");
-                metrics::retry_budget_exhausted(&policy.service);
-                return result;
-            }
-            tracing::debug!(service = %policy.service, attempts, endpoint = ?served_by, ?wait, "retrying");
-            metrics::retried(&policy.service);
-            avoid.extend(served_by);
-            // An error is kept in case the retry cannot be sent; a response is let go, so that
-            // its connection is free for the retry.
-            failed = result.err();
-            tokio::time::sleep(wait).await;
-            attempts += 1;
-            request = head.request(Body::from(replay.clone()));
         }
     }
 }
@@ -307,36 +318,43 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// The head of a request as retries need it, copied before the first attempt takes the original.
+/// What a retry needs, copied before the first attempt takes the request: its head and body,
+/// the endpoints tried so far, and the backoff schedule (started at the first retry).
 ///
 /// The headers are kept as a list, held inline when there are few: copying them into a map would
 /// allocate and hash every name for a copy that is rarely used.
-struct Head {
+struct Replay {
     method: Method,
     uri: http::Uri,
     version: http::Version,
     headers: SmallVec<[(HeaderName, HeaderValue); 4]>,
     extensions: http::Extensions,
+    body: Bytes,
+    avoid: Vec<std::net::SocketAddr>,
+    backoff: Option<ExponentialBackoff>,
 }
 
-impl Head {
-    fn copy(parts: &http::request::Parts) -> Self {
+impl Replay {
+    fn new(request: &Request<Body>, body: Bytes) -> Self {
         Self {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts
-                .headers
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request
+                .headers()
                 .iter()
                 .map(|(name, value)| (name.clone(), value.clone()))
                 .collect(),
-            extensions: parts.extensions.clone(),
+            extensions: request.extensions().clone(),
+            body,
+            avoid: Vec::new(),
+            backoff: None,
         }
     }
 
-    /// A request with this head and `body`.
-    fn request(&self, body: Body) -> Request<Body> {
-        let mut request = Request::new(body);
+    /// The request again.
+    fn request(&self) -> Request<Body> {
+        let mut request = Request::new(Body::from(self.body.clone()));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.version_mut() = self.version;
@@ -402,17 +420,16 @@ mod tests {
     #[derive(Clone, Debug, PartialEq)]
     struct Tenant(&'static str);
 
-    #[test]
-    fn a_retry_copies_the_head_and_the_callers_extensions() {
+    #[tokio::test]
+    async fn a_retry_copies_the_request_and_the_callers_extensions() {
         let mut request = Request::post("http://reviews/ratings?book=1")
             .header("x-user", "jason")
             .header("x-user", "bob")
             .body(Body::empty())
             .unwrap();
         request.extensions_mut().insert(Tenant("bookinfo"));
-        let (parts, _) = request.into_parts();
 
-        let retry = Head::copy(&parts).request(Body::empty());
+        let retry = Replay::new(&request, Bytes::from_static(b"stars=5")).request();
         assert_eq!(retry.method(), Method::POST);
         assert_eq!(retry.uri(), "http://reviews/ratings?book=1");
         let users: Vec<_> = retry.headers().get_all("x-user").iter().collect();
@@ -421,6 +438,8 @@ mod tests {
             retry.extensions().get::<Tenant>(),
             Some(&Tenant("bookinfo"))
         );
+        let body = http_body_util::BodyExt::collect(retry.into_body()).await;
+        assert_eq!(body.unwrap().to_bytes(), "stars=5");
     }
 
     #[test]

@@ -108,118 +108,128 @@ impl AttemptService for Endpoints {
         request: Request<Body>,
         attempt: Attempt,
     ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'static {
-        let inner = Arc::clone(&self.inner);
-        async move { inner.send(request, attempt).await }
+        // The request's future is this one, not one wrapped around it: a wrapper would keep the
+        // request and the attempt a second time.
+        Arc::clone(&self.inner).send(request, attempt)
     }
 }
 
 impl Inner {
-    async fn send(
-        &self,
+    /// Not an `async fn`, whose arguments are kept twice in its future (once as given, once as
+    /// the body's variables): the block uses the request and attempt where they were captured.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep the request and attempt twice in its future"
+    )]
+    fn send(
+        self: Arc<Self>,
         mut request: Request<Body>,
         attempt: Attempt,
-    ) -> Result<Response<Body>, Error> {
-        let routed = request.extensions().get::<Routed>();
-        let target = Target {
-            subset: routed.and_then(|routed| routed.subset),
-            hash: routed.and_then(|routed| routed.hash),
-            avoid: &attempt.avoid,
-        };
-        let endpoint = self.pick(&target, attempt.deadline).await?;
-        let grpc = attempt.grpc;
+    ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'static {
+        async move {
+            let routed = request.extensions().get::<Routed>();
+            let target = Target {
+                subset: routed.and_then(|routed| routed.subset),
+                hash: routed.and_then(|routed| routed.hash),
+                avoid: &attempt.avoid,
+            };
+            let endpoint = self.pick(&target, attempt.deadline).await?;
+            let grpc = attempt.grpc;
 
-        let uri = std::mem::take(request.uri_mut());
-        let mut parts = uri.into_parts();
-        // `Host` names what the caller asked for (usually the service); for a URI without an
-        // authority, the endpoint, which HTTP/2 names in `:authority` alone.
-        let host = match &parts.authority {
-            Some(authority) => Some(authority),
-            None if !self.http2 => Some(endpoint.authority()),
-            None => None,
-        };
-        if !request.headers().contains_key(HOST)
-            && let Some(host) = host.and_then(|authority| self.host(authority))
-        {
-            request.headers_mut().insert(HOST, host);
-        }
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(endpoint.authority().clone());
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(PathAndQuery::from_static("/"));
-        }
-        *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are set");
-        // One reading of the clock for the time left and the start of the request.
-        let now = Instant::now();
-        if let Some(deadline) = attempt.deadline {
-            if grpc {
-                deadline.announce_grpc(request.headers_mut(), now);
-            } else {
-                deadline.announce(request.headers_mut(), now);
+            let uri = std::mem::take(request.uri_mut());
+            let mut parts = uri.into_parts();
+            // `Host` names what the caller asked for (usually the service); for a URI without an
+            // authority, the endpoint, which HTTP/2 names in `:authority` alone.
+            let host = match &parts.authority {
+                Some(authority) => Some(authority),
+                None if !self.http2 => Some(endpoint.authority()),
+                None => None,
+            };
+            if !request.headers().contains_key(HOST)
+                && let Some(host) = host.and_then(|authority| self.host(authority))
+            {
+                request.headers_mut().insert(HOST, host);
             }
-        }
-
-        let addr = endpoint.endpoint().addr();
-        let mut in_flight = endpoint.start_at(now);
-        // One await of the sending future, with or without the per-try timeout, made where it
-        // is awaited: this future is part of every request's, and each await point, and each
-        // local the sending future passes through, would keep room for one.
-        let per_try = attempt.deadline.filter(|_| attempt.per_try);
-        let allowed = per_try.map(Deadline::remaining);
-        let result = match per_try {
-            None => Either::Left(self.client.send(&endpoint, request).map(Ok)),
-            Some(deadline) => Either::Right(tokio::time::timeout_at(
-                deadline.instant(),
-                self.client.send(&endpoint, request),
-            )),
-        }
-        .await;
-        let Ok(result) = result else {
-            let error = Error::timeout(&self.service, allowed.unwrap_or_default(), Some(addr));
-            in_flight.finish(self.classifier.error(&error));
-            return Err(error);
-        };
-        match result {
-            Ok(response) if grpc => {
-                let (mut response, class) = match self.classifier.grpc_head(&response) {
-                    Some((class, code)) => {
-                        classify::record_code(&tracing::Span::current(), code);
-                        in_flight.finish(class);
-                        (response, Some(class))
-                    }
-                    None => {
-                        in_flight.responded();
-                        let end = EndOfStream::new(
-                            in_flight,
-                            Arc::clone(&self.classifier),
-                            tracing::Span::current(),
-                        );
-                        (response.map(|body| body.classified(end)), None)
-                    }
-                };
-                response.extensions_mut().insert(ServedBy {
-                    endpoint: addr,
-                    class,
-                });
-                Ok(response)
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(endpoint.authority().clone());
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(PathAndQuery::from_static("/"));
             }
-            Ok(mut response) => {
-                let class = self.classifier.response(&response);
-                in_flight.finish(class);
-                response.extensions_mut().insert(ServedBy {
-                    endpoint: addr,
-                    class: Some(class),
-                });
-                Ok(response)
-            }
-            Err(error) => {
-                let error = Error::client(error, &self.service, addr);
-                let class = self.classifier.error(&error);
-                if error.is_connect() {
-                    in_flight.unreachable(class);
+            *request.uri_mut() =
+                Uri::from_parts(parts).expect("scheme, authority and path are set");
+            // One reading of the clock for the time left and the start of the request.
+            let now = Instant::now();
+            if let Some(deadline) = attempt.deadline {
+                if grpc {
+                    deadline.announce_grpc(request.headers_mut(), now);
                 } else {
-                    in_flight.finish(class);
+                    deadline.announce(request.headers_mut(), now);
                 }
-                Err(error)
+            }
+
+            let addr = endpoint.endpoint().addr();
+            let mut in_flight = endpoint.start_at(now);
+            // One await of the sending future, with or without the per-try timeout, made where it
+            // is awaited: this future is part of every request's, and each await point, and each
+            // local the sending future passes through, would keep room for one.
+            let per_try = attempt.deadline.filter(|_| attempt.per_try);
+            let allowed = per_try.map(Deadline::remaining);
+            let result = match per_try {
+                None => Either::Left(self.client.send(&endpoint, request).map(Ok)),
+                Some(deadline) => Either::Right(tokio::time::timeout_at(
+                    deadline.instant(),
+                    self.client.send(&endpoint, request),
+                )),
+            }
+            .await;
+            let Ok(result) = result else {
+                let error = Error::timeout(&self.service, allowed.unwrap_or_default(), Some(addr));
+                in_flight.finish(self.classifier.error(&error));
+                return Err(error);
+            };
+            match result {
+                Ok(response) if grpc => {
+                    let (mut response, class) = match self.classifier.grpc_head(&response) {
+                        Some((class, code)) => {
+                            classify::record_code(&tracing::Span::current(), code);
+                            in_flight.finish(class);
+                            (response, Some(class))
+                        }
+                        None => {
+                            in_flight.responded();
+                            let end = EndOfStream::new(
+                                in_flight,
+                                Arc::clone(&self.classifier),
+                                tracing::Span::current(),
+                            );
+                            (response.map(|body| body.classified(end)), None)
+                        }
+                    };
+                    response.extensions_mut().insert(ServedBy {
+                        endpoint: addr,
+                        class,
+                    });
+                    Ok(response)
+                }
+                Ok(mut response) => {
+                    let class = self.classifier.response(&response);
+                    in_flight.finish(class);
+                    response.extensions_mut().insert(ServedBy {
+                        endpoint: addr,
+                        class: Some(class),
+                    });
+                    Ok(response)
+                }
+                Err(error) => {
+                    let error = Error::client(error, &self.service, addr);
+                    let class = self.classifier.error(&error);
+                    if error.is_connect() {
+                        in_flight.unreachable(class);
+                    } else {
+                        in_flight.finish(class);
+                    }
+                    Err(error)
+                }
             }
         }
     }
