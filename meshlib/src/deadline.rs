@@ -28,7 +28,8 @@ pub const TIMEOUT_HEADER: &str = "x-mesh-timeout-ms";
 
 /// [`TIMEOUT_HEADER`] as a header name, made once: a name given as a string is parsed on every
 /// lookup and insert, and a non-standard one copied on every insert.
-const TIMEOUT_HEADER_NAME: http::HeaderName = http::HeaderName::from_static(TIMEOUT_HEADER);
+pub(crate) const TIMEOUT_HEADER_NAME: http::HeaderName =
+    http::HeaderName::from_static(TIMEOUT_HEADER);
 
 /// `number` in decimal followed by `unit`, as a header value, written without the intermediate
 /// string that formatting would make (see [`crate::http::unique_value`] for where it goes).

@@ -48,6 +48,26 @@ pub(crate) fn unique_value(text: &[u8]) -> Option<http::HeaderValue> {
     })
 }
 
+/// Lets a new HTTP/2 connection's first request index its value of each header that
+/// [`unique_value`] makes, so that the connection's later requests name those headers by index.
+///
+/// HPACK sends a never-indexed value's header name by index only if the name is in the table
+/// already; otherwise the name goes out in full, Huffman-coded, with every request (and is
+/// decoded in full at the other end). One indexed value per name puts the names in both ends'
+/// tables for the life of the connection, for the room of four entries.
+pub(crate) fn index_unique_names(headers: &mut http::HeaderMap) {
+    for name in [
+        &crate::telemetry::request_id::HEADER_NAME,
+        &crate::telemetry::headers::TRACEPARENT,
+        &crate::grpc::TIMEOUT_HEADER_NAME,
+        &crate::deadline::TIMEOUT_HEADER_NAME,
+    ] {
+        if let Some(value) = headers.get_mut(name) {
+            value.set_sensitive(false);
+        }
+    }
+}
+
 /// The services the outbound layers from the timeout layer outwards wrap and are: a request in,
 /// a response or a mesh error out.
 ///
@@ -94,4 +114,30 @@ pub(crate) trait AttemptService: Send + Sync + 'static {
         request: http::Request<Body>,
         attempt: Attempt,
     ) -> impl Future<Output = Result<http::Response<Body>, crate::Error>> + Send + 'static;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connections_first_request_indexes_only_the_meshs_unique_values() {
+        let mut headers = http::HeaderMap::new();
+        let id = crate::telemetry::request_id::generate();
+        assert!(id.is_sensitive());
+        headers.insert(crate::telemetry::request_id::HEADER_NAME, id);
+        headers.insert(
+            crate::grpc::TIMEOUT_HEADER_NAME,
+            unique_value(b"1500000u").unwrap(),
+        );
+        let mut token = http::HeaderValue::from_static("Bearer secret");
+        token.set_sensitive(true);
+        headers.insert(http::header::AUTHORIZATION, token);
+
+        index_unique_names(&mut headers);
+        assert!(!headers[crate::telemetry::request_id::HEADER_NAME].is_sensitive());
+        assert!(!headers[crate::grpc::TIMEOUT_HEADER_NAME].is_sensitive());
+        // What the caller marked stays marked.
+        assert!(headers[http::header::AUTHORIZATION].is_sensitive());
+    }
 }

@@ -408,10 +408,11 @@ impl Http2 {
                     connected.await;
                     request = unsent;
                 }
-                Sending::Connect(opening, request) => {
+                Sending::Connect(opening, mut request) => {
                     // Boxed: connecting is rare, and its future, inline, would be copied
                     // with every request's.
                     let mut sender = Box::pin(self.connect(endpoint, &opening)).await?;
+                    super::index_unique_names(request.headers_mut());
                     // A new connection that does not take the request fails it: another would
                     // only meet the same end.
                     let response = sender.send_request(request);

@@ -41,11 +41,11 @@
 
 mod access_log;
 mod client;
-mod headers;
+pub(crate) mod headers;
 pub(crate) mod metrics;
 mod otlp;
 mod propagation;
-mod request_id;
+pub(crate) mod request_id;
 mod server;
 mod stats;
 
