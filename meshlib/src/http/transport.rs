@@ -23,7 +23,6 @@
 //! retry; a request that a reused connection closed before taking it is sent once more on
 //! another connection; anything else is a request error.
 
-use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -445,15 +444,13 @@ impl Http2 {
             timeout: self.idle_timeout,
         };
         tokio::spawn(async move {
-            tokio::select! {
-                result = connection => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, endpoint = %addr, "HTTP/2 connection failed");
-                    }
-                }
-                never = idle.run() => match never {},
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, endpoint = %addr, "HTTP/2 connection failed");
             }
         });
+        // A task of its own rather than a branch of the connection's: the connection's task is
+        // woken several times per request, and would poll the timer each time.
+        tokio::spawn(idle.run());
         sender.ready().await.map_err(SendError::request)?;
         Ok(sender)
     }
@@ -506,8 +503,9 @@ struct IdleTimer {
 }
 
 impl IdleTimer {
-    /// Never ends: the connection does, once its sender is gone, and its driver with it.
-    async fn run(self) -> Infallible {
+    /// Ends when the connection is no longer the endpoint's: closed here for idleness (its sender
+    /// dropped, which closes it once its last stream ends), replaced, or gone with the endpoint.
+    async fn run(self) {
         let mut seen = 0;
         loop {
             tokio::time::sleep(self.timeout).await;
@@ -530,7 +528,6 @@ impl IdleTimer {
                 Connection::Closed | Connection::Connecting => break,
             }
         }
-        std::future::pending().await
     }
 }
 
