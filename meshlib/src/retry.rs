@@ -147,8 +147,9 @@ where
     /// This future is part of every request's, and is moved whole (size and all) as the layers
     /// above wrap it, so what it keeps across its awaits is kept small. The request lives in one
     /// place, where the block captured it, and each attempt takes it from there (an `async fn`
-    /// would keep its arguments twice); what a retry needs is boxed, and made only for a request
-    /// that may be retried.
+    /// would keep its arguments twice); what a retry needs is made only for a request that may
+    /// be retried. (Boxing that too would shrink the future by another 450 bytes for an
+    /// allocation per request; the two measured alike, within the noise.)
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn would keep the request twice in its future"
@@ -185,7 +186,7 @@ where
                     match body.into_replayable(policy.max_replay_bytes, !grpc).await {
                         Ok(data) => {
                             let body = Body::from(data.clone());
-                            replay = Some(Box::new(Replay::new(&request, data)));
+                            replay = Some(Replay::new(&request, data));
                             body
                         }
                         Err(body) => body,
