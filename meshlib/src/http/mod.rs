@@ -27,8 +27,10 @@ pub(crate) use self::transport::SendError;
 ///
 /// The mark: indexed, a value that never repeats would take room in the header tables of both
 /// ends of the connection, evicting the names and values that do repeat on every call (the path,
-/// the content type, the user agent), which then go out and are decoded in full again. HTTP/1.1
-/// ignores it; the value itself is unchanged (only its `Debug` form hides it).
+/// the content type, the user agent), which then go out and are decoded in full again. (A
+/// connection's first request indexes one value of each, for the names: see
+/// [`index_unique_names`].) HTTP/1.1 ignores the mark; the value itself is unchanged (only its
+/// `Debug` form hides it).
 ///
 /// `None` for bytes that are not a valid header value.
 pub(crate) fn unique_value(text: &[u8]) -> Option<http::HeaderValue> {
