@@ -176,9 +176,9 @@ where
             let per_try_timeout = route.per_try_timeout.or(policy.per_try_timeout);
             let non_idempotent = route.non_idempotent.unwrap_or(policy.non_idempotent);
             let idempotent = non_idempotent || is_idempotent(request.method());
-            // A body too large to send twice gets one attempt, whatever happens. Either way there is
-            // one place that awaits the inner service: every await point of this future keeps room
-            // for the inner one's, in every request's future.
+            // A body too large to send twice gets one attempt, whatever happens. Either way
+            // there is one place that awaits the inner service: every await point of this
+            // future keeps room for the inner one's, in every request's future.
             let mut replay = None;
             if max_attempts > 1 {
                 let body = std::mem::take(request.body_mut());
@@ -229,7 +229,8 @@ where
                 if !class.is_retryable() || attempts >= max_attempts {
                     return result;
                 }
-                // A connection that was never made carried nothing: safe to retry whatever the method.
+                // A connection that was never made carried nothing: safe to retry whatever the
+                // method.
                 let never_sent = matches!(&result, Err(error) if error.is_connect());
                 // A gRPC status the service calls retryable is its owner's word that it is safe.
                 let declared = grpc && result.is_ok();
@@ -249,7 +250,11 @@ where
                                 replay.backoff = None;
                             }
                             Pushback::Stop => {
-                                tracing::debug!(service = %policy.service, attempts, "server pushback: no retry");
+                                tracing::debug!(
+                                    service = %policy.service,
+                                    attempts,
+                                    "server pushback: no retry"
+                                );
                                 return result;
                             }
                         }
@@ -263,11 +268,21 @@ where
                 if let Some(budget) = &policy.budget
                     && !budget.withdraw()
                 {
-                    tracing::debug!(service = %policy.service, attempts, "retry budget exhausted; returning the failure");
+                    tracing::debug!(
+                        service = %policy.service,
+                        attempts,
+                        "retry budget exhausted; returning the failure"
+                    );
                     metrics::retry_budget_exhausted(&policy.service);
                     return result;
                 }
-                tracing::debug!(service = %policy.service, attempts, endpoint = ?served_by, ?wait, "retrying");
+                tracing::debug!(
+                    service = %policy.service,
+                    attempts,
+                    endpoint = ?served_by,
+                    ?wait,
+                    "retrying"
+                );
                 metrics::retried(&policy.service);
                 replay.avoid.extend(served_by);
                 // An error is kept in case the retry cannot be sent; a response is let go, so that
