@@ -1,35 +1,5 @@
 //! File-backed discovery: a TOML registry of services and their endpoints, followed as it is
-//! edited.
-//!
-//! ```toml
-//! [services]
-//! reviews = ["127.0.0.1:9001", { addr = "127.0.0.1:9002", labels = { version = "v2" } }]
-//! ratings = ["127.0.0.1:9101"]
-//! ```
-//!
-//! A registry file is the smallest control plane there is: a deploy script, a configuration
-//! management run or a person writes where each service runs, and every process that names the
-//! file follows the edits without a restart. It is the shape of Envoy's file-based EDS (a watched
-//! `path` whose contents replace a cluster's endpoints) and of Finagle's filesystem announcer and
-//! resolver. Each endpoint is written as in the mesh configuration's static lists: an address, or
-//! a table with `addr`, `labels` and `weight`. A service the file does not list has no endpoints.
-//!
-//! **Reloading.** The file is followed as `crate::watch` describes: its directory is watched,
-//! bursts of events cost one read, and a slow poll covers changes no event reports. A read that
-//! finds nothing new changes nothing.
-//!
-//! **Bad edits.** A file that cannot be read or parsed is reported to every service's stream as
-//! an error naming the file, the key and the line; the last good endpoints stay in use, as Envoy
-//! keeps the last accepted update when a new one is rejected. A typo in the registry must not
-//! empty every service that reads it. The next good edit takes effect as usual. The `[services]`
-//! table is required for the same reason: a file caught half-written, right after it was
-//! truncated, reads as an error rather than as a registry with no services. Writing the file
-//! atomically (a temporary file renamed into place) avoids half-written reads altogether.
-//!
-//! **One stream per service.** Each stream reports its own service only: an edit that leaves a
-//! service's endpoints as they were (reordered, say) sends that service nothing. After an error,
-//! the next good read is sent even when unchanged, which tells the consumer that the registry is
-//! current again (the balancer clears its last error on it).
+//! edited (see [`FileRegistry`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::{self, Write as _};
@@ -48,7 +18,37 @@ use crate::watch::FileWatch;
 ///
 /// Cheap to clone; clones share one watcher, which starts on the first
 /// [`resolve`](Resolver::resolve) and stops when every clone and every stream it returned are
-/// gone. See the [module docs](self) for the file's format and how edits are followed.
+/// gone.
+///
+/// ```toml
+/// [services]
+/// reviews = ["127.0.0.1:9001", { addr = "127.0.0.1:9002", labels = { version = "v2" } }]
+/// ratings = ["127.0.0.1:9101"]
+/// ```
+///
+/// A registry file is the smallest control plane there is: a deploy script, a configuration
+/// management run or a person writes where each service runs, and every process that names the
+/// file follows the edits without a restart. It is the shape of Envoy's file-based EDS (a watched
+/// `path` whose contents replace a cluster's endpoints) and of Finagle's filesystem announcer and
+/// resolver. Each endpoint is written as in the mesh configuration's static lists: an address, or
+/// a table with `addr`, `labels` and `weight`. A service the file does not list has no endpoints.
+///
+/// **Reloading.** The file's directory is watched (so that a file replaced by a rename is
+/// followed too), bursts of events cost one read, and a slow poll covers changes no event
+/// reports. A read that finds nothing new changes nothing.
+///
+/// **Bad edits.** A file that cannot be read or parsed is reported to every service's stream as
+/// an error naming the file, the key and the line; the last good endpoints stay in use, as Envoy
+/// keeps the last accepted update when a new one is rejected. A typo in the registry must not
+/// empty every service that reads it. The next good edit takes effect as usual. The `[services]`
+/// table is required for the same reason: a file caught half-written, right after it was
+/// truncated, reads as an error rather than as a registry with no services. Writing the file
+/// atomically (a temporary file renamed into place) avoids half-written reads altogether.
+///
+/// **One stream per service.** Each stream reports its own service only: an edit that leaves a
+/// service's endpoints as they were (reordered, say) sends that service nothing. After an error,
+/// the next good read is sent even when unchanged, which tells the consumer that the registry is
+/// current again (the balancer clears its last error on it).
 #[derive(Clone)]
 pub struct FileRegistry {
     shared: Arc<Shared>,
