@@ -22,7 +22,7 @@ use tower::retry::budget::{Budget as _, TpsBudget};
 use crate::Error;
 
 use crate::config::HedgeConfig;
-use crate::http::{Attempt, AttemptService, Body, ServedBy};
+use crate::http::{Attempt, AttemptService, Body};
 
 /// How long one latency histogram collects before it is used.
 const PERIOD: Duration = Duration::from_secs(10);
@@ -195,7 +195,7 @@ where
             // The first success, as the classifier saw it, wins; a failure waits for the other.
             let succeeded = |result: &Result<Response<Body>, Error>| {
                 matches!(result, Ok(response)
-                    if response.extensions().get::<ServedBy>()
+                    if response.body().served_by()
                         .and_then(|served| served.class)
                         .is_some_and(|class| class.is_success()))
             };

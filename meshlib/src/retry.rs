@@ -43,7 +43,7 @@ use crate::Error;
 use crate::classify::Classifier;
 use crate::config::RetryConfig;
 use crate::deadline::Deadline;
-use crate::http::{Attempt, AttemptService, Body, ServedBy};
+use crate::http::{Attempt, AttemptService, Body};
 use crate::route::Routed;
 use crate::telemetry::metrics;
 
@@ -215,7 +215,7 @@ where
 
                 let (class, served_by) = match &result {
                     Ok(response) => {
-                        let served = response.extensions().get::<ServedBy>();
+                        let served = response.body().served_by();
                         let class = match served.and_then(|served| served.class) {
                             Some(class) => class,
                             // A gRPC answer classified at its end: committed, never retried.

@@ -9,6 +9,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::StreamBody;
 use hyper::body::Frame;
 use meshlib::breaker::BreakerState;
+use meshlib::classify::Class;
 use meshlib::{Body, HttpClient, Mesh, MeshConfig};
 use meshlib_tests::{TestServer, service_toml};
 use tower_service::Service as _;
@@ -64,6 +65,19 @@ async fn a_get_succeeds_through_an_endpoint_that_fails_twice() {
 }
 
 #[tokio::test]
+async fn a_failure_returned_names_its_endpoint_and_class() {
+    let server = TestServer::start("broken").await;
+    server.set_status(500);
+    let mut client = client(&[server.addr()], "");
+
+    let response = send(&mut client, Method::GET, Body::empty()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let served = response.body().served_by().expect("an endpoint's answer");
+    assert_eq!(served.endpoint, server.addr());
+    assert_eq!(served.class, Some(Class::Failure));
+}
+
+#[tokio::test]
 async fn a_get_succeeds_when_one_endpoint_of_three_always_fails() {
     let servers = [
         TestServer::start("ok-1").await,
@@ -79,6 +93,12 @@ async fn a_get_succeeds_when_one_endpoint_of_three_always_fails() {
     for i in 0..9 {
         let response = send(&mut client, Method::GET, Body::empty()).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "request {i}");
+        // The answer names the endpoint that gave it, not one tried before.
+        let served = response.body().served_by().expect("an endpoint's answer");
+        let name = &response.headers()[meshlib_tests::SERVER_HEADER];
+        let server = servers.iter().find(|s| s.name() == name).unwrap();
+        assert_eq!(served.endpoint, server.addr(), "request {i}");
+        assert_eq!(served.class, Some(Class::Success), "request {i}");
     }
     assert!(
         servers[2].hits() >= 1,

@@ -2,6 +2,7 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -12,16 +13,23 @@ use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
 
 use crate::Error;
-use crate::classify::EndOfStream;
+use crate::balance::BalancedEndpoint;
+use crate::classify::{Class, EndOfStream};
 use crate::error::BoxError;
+use crate::http::ServedBy;
 use crate::http::transport::Lent;
 
 /// The body of requests and responses that pass through the mesh.
 ///
 /// Empty and in-memory bodies and hyper's own response bodies are carried without a heap
-/// allocation; any other [`http_body::Body`] is boxed.
+/// allocation; any other [`http_body::Body`] is boxed. A response's body also says which endpoint
+/// answered ([`Body::served_by`]).
 pub struct Body {
     kind: Kind,
+    /// On a response from an endpoint: the endpoint, and the answer's class if it was decided
+    /// at the head. Carried here rather than as a response extension, whose map would cost the
+    /// response three allocations.
+    served: Option<(Arc<BalancedEndpoint>, Option<Class>)>,
 }
 
 enum Kind {
@@ -39,9 +47,29 @@ enum Kind {
 }
 
 impl Body {
+    const fn of(kind: Kind) -> Self {
+        Self { kind, served: None }
+    }
+
+    /// The endpoint that answered, on a response the mesh received (an [`HttpClient`]'s
+    /// response, or a gRPC channel's), and how the answer was classified.
+    ///
+    /// [`HttpClient`]: crate::HttpClient
+    pub fn served_by(&self) -> Option<ServedBy> {
+        self.served.as_ref().map(|(endpoint, class)| ServedBy {
+            endpoint: endpoint.endpoint().addr(),
+            class: *class,
+        })
+    }
+
+    /// Marks this response body as `endpoint`'s answer, classified as `class` if the head decided.
+    pub(crate) fn set_served_by(&mut self, endpoint: &Arc<BalancedEndpoint>, class: Option<Class>) {
+        self.served = Some((Arc::clone(endpoint), class));
+    }
+
     /// A body with no data.
     pub fn empty() -> Self {
-        Self { kind: Kind::Empty }
+        Self::of(Kind::Empty)
     }
 
     /// Wraps any body. Bodies that are already a [`Body`], an [`Empty`], a [`Full`] or a hyper
@@ -57,9 +85,7 @@ impl Body {
         };
         let body = match try_downcast::<Incoming, B>(body) {
             Ok(incoming) => {
-                return Self {
-                    kind: Kind::Incoming(incoming),
-                };
+                return Self::of(Kind::Incoming(incoming));
             }
             Err(body) => body,
         };
@@ -70,9 +96,7 @@ impl Body {
         let Err(body) = try_downcast::<Empty<Bytes>, B>(body) else {
             return Self::empty();
         };
-        Self {
-            kind: Kind::Boxed(body.map_err(Into::into).boxed_unsync()),
-        }
+        Self::of(Kind::Boxed(body.map_err(Into::into).boxed_unsync()))
     }
 
     fn full(full: Full<Bytes>) -> Self {
@@ -98,17 +122,13 @@ impl Body {
             lent.ended();
             return Self::from(body);
         }
-        Self {
-            kind: Kind::Lent(body, Some(lent)),
-        }
+        Self::of(Kind::Lent(body, Some(lent)))
     }
 
     /// This body, classified by `end` when its trailers pass, when it ends without them, or
     /// when it fails.
     pub(crate) fn classified(self, end: EndOfStream) -> Self {
-        Self {
-            kind: Kind::Classified(Box::new((self, Some(end)))),
-        }
+        Self::of(Kind::Classified(Box::new((self, Some(end)))))
     }
 
     /// Ends the span of `cx` when this body ends, with the gRPC status of its trailers, if its
@@ -133,9 +153,7 @@ impl Body {
     pub(crate) fn try_clone(&self) -> Option<Body> {
         match &self.kind {
             Kind::Empty => Some(Self::empty()),
-            Kind::Full(data) => Some(Self {
-                kind: Kind::Full(data.clone()),
-            }),
+            Kind::Full(data) => Some(Self::of(Kind::Full(data.clone()))),
             _ => None,
         }
     }
@@ -158,7 +176,7 @@ impl Body {
                     Err(Self::from(data))
                 };
             }
-            kind => Self { kind },
+            kind => Self::of(kind),
         };
         if body.size_hint().lower() > limit as u64 {
             return Err(body);
@@ -172,9 +190,7 @@ impl Body {
                 match futures_util::FutureExt::now_or_never(body.frame()) {
                     Some(next) => next,
                     None => {
-                        return Err(Self {
-                            kind: Kind::Prefixed(Box::new((frames, body))),
-                        });
+                        return Err(Self::of(Kind::Prefixed(Box::new((frames, body)))));
                     }
                 }
             };
@@ -190,9 +206,7 @@ impl Body {
                     };
                     frames.push_back(frame);
                     if over {
-                        return Err(Self {
-                            kind: Kind::Prefixed(Box::new((frames, body))),
-                        });
+                        return Err(Self::of(Kind::Prefixed(Box::new((frames, body)))));
                     }
                 }
                 Some(Err(error)) => {
@@ -247,9 +261,7 @@ impl From<Bytes> for Body {
         if bytes.is_empty() {
             Self::empty()
         } else {
-            Self {
-                kind: Kind::Full(Some(bytes)),
-            }
+            Self::of(Kind::Full(Some(bytes)))
         }
     }
 }
@@ -274,9 +286,7 @@ impl From<Vec<u8>> for Body {
 
 impl From<Incoming> for Body {
     fn from(incoming: Incoming) -> Self {
-        Self {
-            kind: Kind::Incoming(incoming),
-        }
+        Self::of(Kind::Incoming(incoming))
     }
 }
 

@@ -46,7 +46,8 @@ pub(crate) struct Attempt {
     pub(crate) avoid: Vec<SocketAddr>,
 }
 
-/// The endpoint that answered and how the answer was classified, as a response extension.
+/// The endpoint that answered and how the answer was classified, as a response's body tells
+/// ([`Body::served_by`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServedBy {
     /// The endpoint's address.
@@ -205,19 +206,13 @@ impl Inner {
                             (response.map(|body| body.classified(end)), None)
                         }
                     };
-                    response.extensions_mut().insert(ServedBy {
-                        endpoint: addr,
-                        class,
-                    });
+                    response.body_mut().set_served_by(&endpoint, class);
                     Ok(response)
                 }
                 Ok(mut response) => {
                     let class = self.classifier.response(&response);
                     in_flight.finish(class);
-                    response.extensions_mut().insert(ServedBy {
-                        endpoint: addr,
-                        class: Some(class),
-                    });
+                    response.body_mut().set_served_by(&endpoint, Some(class));
                     Ok(response)
                 }
                 Err(error) => {

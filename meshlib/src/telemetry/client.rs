@@ -37,7 +37,7 @@ use super::{StatusClass, Telemetry, trace_id};
 use crate::Error;
 
 use crate::grpc::RpcMethod;
-use crate::http::{Attempt, AttemptService, Body, MeshService, ServedBy};
+use crate::http::{Attempt, AttemptService, Body, MeshService};
 
 /// Adds [`ClientTelemetry`] to a stack.
 #[derive(Clone)]
@@ -334,8 +334,8 @@ impl<'a> Outcome<'a> {
     fn failed(&self) -> bool {
         match self {
             Self::Response(response) => response
-                .extensions()
-                .get::<ServedBy>()
+                .body()
+                .served_by()
                 .and_then(|served| served.class)
                 .map_or(response.status().is_server_error(), |class| {
                     !class.is_success()
@@ -347,10 +347,7 @@ impl<'a> Outcome<'a> {
 
     fn endpoint(&self) -> Option<SocketAddr> {
         match self {
-            Self::Response(response) => response
-                .extensions()
-                .get::<ServedBy>()
-                .map(|served| served.endpoint),
+            Self::Response(response) => response.body().served_by().map(|served| served.endpoint),
             Self::Error(error) => error.endpoint(),
             Self::Cancelled => None,
         }
