@@ -305,7 +305,7 @@ impl Http1 {
 /// for its answer) boxed. Tokio moves a task's future as it spawns it and again as the task
 /// finishes, and hyper's are over a kilobyte each: a box makes each move one pointer's.
 #[derive(Clone, Copy)]
-pub(crate) struct BoxingExecutor;
+struct BoxingExecutor;
 
 impl<F> hyper::rt::Executor<F> for BoxingExecutor
 where
