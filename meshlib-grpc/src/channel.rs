@@ -98,8 +98,10 @@ where
 /// tonic encodes a unary call's one message before it sends the call, so its body is ready as
 /// soon as the call is made. Taken now as one buffer, it reaches the core as in-memory data: no
 /// second box around tonic's, and a retry resends the same buffer rather than the core reading
-/// the body into a replay buffer of its own. A body that is not ready (a client stream whose next
-/// message is not written yet) goes on streaming, nothing of it lost.
+/// the body into a replay buffer of its own. Like tonic's own channel, it declares no length: a
+/// `content-length` would cost every call a header to write and encode, for nothing a gRPC
+/// server reads. A body that is not ready (a client stream whose next message is not written yet)
+/// goes on streaming, nothing of it lost.
 fn body<B>(body: B) -> Body
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -119,7 +121,7 @@ where
         Ok(frame) if frame.is_data() => match Pin::new(&mut body).poll_frame(&mut cx) {
             Poll::Ready(None) => {
                 let data = first.ok().and_then(|frame| frame.into_data().ok());
-                return Body::from(data.unwrap_or_default());
+                return Body::without_length(data.unwrap_or_default());
             }
             Poll::Ready(Some(frame)) => Some(frame),
             Poll::Pending => None,
@@ -211,4 +213,23 @@ pub fn status(error: meshlib::Error) -> Status {
     let mut status = Status::new(code, error.to_string());
     status.set_source(Arc::new(error));
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body::Body as _;
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_unary_message_is_carried_in_memory_without_a_length() {
+        // A length-prefixed message, as tonic encodes one.
+        let message = Bytes::from_static(b"\0\0\0\0\x03abc");
+        let body = body(tonic::body::Body::new(http_body_util::Full::new(
+            message.clone(),
+        )));
+        assert_eq!(body.size_hint().exact(), None, "no content-length to send");
+        assert_eq!(body.collect().await.unwrap().to_bytes(), message);
+    }
 }

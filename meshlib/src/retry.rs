@@ -34,7 +34,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use smallvec::SmallVec;
 use tower::retry::budget::{Budget as _, TpsBudget};
@@ -43,7 +42,7 @@ use crate::Error;
 use crate::classify::Classifier;
 use crate::config::RetryConfig;
 use crate::deadline::Deadline;
-use crate::http::{Attempt, AttemptService, Body};
+use crate::http::{Attempt, AttemptService, Body, Replayable};
 use crate::route::Routed;
 use crate::telemetry::metrics;
 
@@ -185,7 +184,7 @@ where
                 *request.body_mut() =
                     match body.into_replayable(policy.max_replay_bytes, !grpc).await {
                         Ok(data) => {
-                            let body = Body::from(data.clone());
+                            let body = data.body();
                             replay = Some(Replay::new(&request, data));
                             body
                         }
@@ -345,13 +344,13 @@ struct Replay {
     version: http::Version,
     headers: SmallVec<[(HeaderName, HeaderValue); 4]>,
     extensions: http::Extensions,
-    body: Bytes,
+    body: Replayable,
     avoid: Vec<std::net::SocketAddr>,
     backoff: Option<ExponentialBackoff>,
 }
 
 impl Replay {
-    fn new(request: &Request<Body>, body: Bytes) -> Self {
+    fn new(request: &Request<Body>, body: Replayable) -> Self {
         Self {
             method: request.method().clone(),
             uri: request.uri().clone(),
@@ -370,7 +369,7 @@ impl Replay {
 
     /// The request again.
     fn request(&self) -> Request<Body> {
-        let mut request = Request::new(Body::from(self.body.clone()));
+        let mut request = Request::new(self.body.body());
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.version_mut() = self.version;
@@ -445,7 +444,11 @@ mod tests {
             .unwrap();
         request.extensions_mut().insert(Tenant("bookinfo"));
 
-        let retry = Replay::new(&request, Bytes::from_static(b"stars=5")).request();
+        let body = Body::from("stars=5")
+            .into_replayable(64, true)
+            .await
+            .unwrap();
+        let retry = Replay::new(&request, body).request();
         assert_eq!(retry.method(), Method::POST);
         assert_eq!(retry.uri(), "http://reviews/ratings?book=1");
         let users: Vec<_> = retry.headers().get_all("x-user").iter().collect();

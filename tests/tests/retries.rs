@@ -127,6 +127,8 @@ async fn a_post_is_retried_with_its_body_when_non_idempotent_retries_are_on() {
     for request in &received {
         assert_eq!(request.method, Method::POST);
         assert_eq!(request.body, "order 1");
+        // A body of known length declares it on every attempt.
+        assert_eq!(request.headers[http::header::CONTENT_LENGTH], "7");
     }
 }
 
@@ -140,11 +142,17 @@ async fn a_streamed_body_arrives_whole_on_the_second_attempt() {
     let body = streamed(["first chunk, ", "second chunk, ", "third chunk"]);
     let response = send(&mut client, Method::PUT, body).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let bodies: Vec<_> = server.received().into_iter().map(|r| r.body).collect();
+    let received = server.received();
+    let bodies: Vec<_> = received.iter().map(|r| &r.body).collect();
     assert_eq!(
         bodies, ["first chunk, second chunk, third chunk"; 2],
         "the replayed attempt must carry the same bytes as the first"
     );
+    // Buffered for the retry, the body is still framed as it was sent: chunked, each time.
+    for request in &received {
+        assert!(!request.headers.contains_key(http::header::CONTENT_LENGTH));
+        assert_eq!(request.headers[http::header::TRANSFER_ENCODING], "chunked");
+    }
 }
 
 #[tokio::test]

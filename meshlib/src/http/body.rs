@@ -35,6 +35,9 @@ pub struct Body {
 enum Kind {
     Empty,
     Full(Option<Bytes>),
+    /// Data in memory whose sender did not declare its length: a streaming body read whole so
+    /// that it can be sent again, which does not declare it either (see [`Replayable`]).
+    Unsized(Option<Bytes>),
     Incoming(Incoming),
     /// A response over an HTTP/1.1 connection, lent to it until its end.
     Lent(Incoming, Option<Lent>),
@@ -70,6 +73,13 @@ impl Body {
     /// A body with no data.
     pub fn empty() -> Self {
         Self::of(Kind::Empty)
+    }
+
+    /// A body of `data` that does not declare its length (no `content-length`; chunked over
+    /// HTTP/1.1), as a body that streams cannot: how tonic frames a gRPC request, which the
+    /// mesh's gRPC channel reads into memory and sends on as such.
+    pub fn without_length(data: Bytes) -> Self {
+        Self::of(Kind::Unsized(Some(data)))
     }
 
     /// Wraps any body. Bodies that are already a [`Body`], an [`Empty`], a [`Full`] or a hyper
@@ -154,6 +164,7 @@ impl Body {
         match &self.kind {
             Kind::Empty => Some(Self::empty()),
             Kind::Full(data) => Some(Self::of(Kind::Full(data.clone()))),
+            Kind::Unsized(data) => Some(Self::of(Kind::Unsized(data.clone()))),
             _ => None,
         }
     }
@@ -165,15 +176,31 @@ impl Body {
     /// With `wait` false, only what the body has ready now is read: a body that would make the
     /// caller wait is given back as streaming. A gRPC streaming request may hold its next
     /// message until it has read a response, and waiting for its end would never end.
-    pub(crate) async fn into_replayable(self, limit: usize, wait: bool) -> Result<Bytes, Body> {
+    pub(crate) async fn into_replayable(
+        self,
+        limit: usize,
+        wait: bool,
+    ) -> Result<Replayable, Body> {
+        let sized = self.size_hint().exact().is_some();
         let mut body = match self.kind {
-            Kind::Empty => return Ok(Bytes::new()),
+            Kind::Empty => return Ok(Replayable::sized(Bytes::new())),
             Kind::Full(data) => {
                 let data = data.unwrap_or_default();
                 return if data.len() <= limit {
-                    Ok(data)
+                    Ok(Replayable::sized(data))
                 } else {
                     Err(Self::from(data))
+                };
+            }
+            Kind::Unsized(data) => {
+                let replayable = Replayable {
+                    data: data.unwrap_or_default(),
+                    sized: false,
+                };
+                return if replayable.data.len() <= limit {
+                    Ok(replayable)
+                } else {
+                    Err(replayable.body())
                 };
             }
             kind => Self::of(kind),
@@ -218,13 +245,49 @@ impl Body {
                 }
             }
         }
-        let mut data = bytes::BytesMut::with_capacity(length);
-        for frame in frames {
-            if let Ok(chunk) = frame.into_data() {
-                data.extend_from_slice(&chunk);
+        // One frame, as a unary gRPC request's message: its bytes as they are, without a copy.
+        let data = if frames.len() == 1 {
+            frames
+                .pop_front()
+                .and_then(|frame| frame.into_data().ok())
+                .unwrap_or_default()
+        } else {
+            let mut data = bytes::BytesMut::with_capacity(length);
+            for frame in frames {
+                if let Ok(chunk) = frame.into_data() {
+                    data.extend_from_slice(&chunk);
+                }
             }
+            data.freeze()
+        };
+        Ok(Replayable { data, sized })
+    }
+}
+
+/// A body read into memory by [`Body::into_replayable`], to be sent as many times as needed.
+///
+/// Each copy declares the body's length only if the original did: buffering a request for
+/// retries does not change how it is framed. A streaming body still goes out without a
+/// `content-length` (chunked over HTTP/1.1), and a gRPC call without one, as tonic's own channel
+/// sends it.
+#[derive(Clone, Debug)]
+pub(crate) struct Replayable {
+    data: Bytes,
+    sized: bool,
+}
+
+impl Replayable {
+    fn sized(data: Bytes) -> Self {
+        Self { data, sized: true }
+    }
+
+    /// A copy of the body, to send.
+    pub(crate) fn body(&self) -> Body {
+        if self.sized {
+            Body::from(self.data.clone())
+        } else {
+            Body::without_length(self.data.clone())
         }
-        Ok(data.freeze())
     }
 }
 
@@ -247,6 +310,7 @@ impl fmt::Debug for Body {
         let kind = match &self.kind {
             Kind::Empty => "empty",
             Kind::Full(_) => "full",
+            Kind::Unsized(_) => "unsized",
             Kind::Incoming(_) | Kind::Lent(..) => "incoming",
             Kind::Boxed(_) => "boxed",
             Kind::Prefixed(_) => "prefixed",
@@ -300,7 +364,9 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         match &mut self.kind {
             Kind::Empty => Poll::Ready(None),
-            Kind::Full(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
+            Kind::Full(data) | Kind::Unsized(data) => {
+                Poll::Ready(data.take().map(|data| Ok(Frame::data(data))))
+            }
             Kind::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Error::body),
             Kind::Lent(incoming, lent) => {
                 let polled = Pin::new(&mut *incoming).poll_frame(cx);
@@ -353,7 +419,7 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Empty => true,
-            Kind::Full(data) => data.is_none(),
+            Kind::Full(data) | Kind::Unsized(data) => data.is_none(),
             Kind::Incoming(incoming) | Kind::Lent(incoming, _) => incoming.is_end_stream(),
             Kind::Boxed(boxed) => boxed.is_end_stream(),
             Kind::Prefixed(prefixed) => prefixed.0.is_empty() && prefixed.1.is_end_stream(),
@@ -366,6 +432,11 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Unsized(data) => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(data.as_ref().map_or(0, |d| d.len() as u64));
+                hint
+            }
             Kind::Incoming(incoming) | Kind::Lent(incoming, _) => incoming.size_hint(),
             Kind::Boxed(boxed) => boxed.size_hint(),
             Kind::Prefixed(_) => SizeHint::default(),
@@ -406,18 +477,39 @@ mod tests {
 
     #[tokio::test]
     async fn small_bodies_are_buffered_for_replay() {
-        assert_eq!(
-            Body::from("abc").into_replayable(3, true).await.unwrap(),
-            "abc"
-        );
-        assert_eq!(
-            chunks(&["ab", "cd"])
-                .into_replayable(4, true)
-                .await
-                .unwrap(),
-            "abcd"
-        );
-        assert_eq!(Body::empty().into_replayable(0, true).await.unwrap(), "");
+        let full = Body::from("abc").into_replayable(3, true).await.unwrap();
+        assert_eq!(full.data, "abc");
+        let streamed = chunks(&["ab", "cd"])
+            .into_replayable(4, true)
+            .await
+            .unwrap();
+        assert_eq!(streamed.data, "abcd");
+        let empty = Body::empty().into_replayable(0, true).await.unwrap();
+        assert_eq!(empty.data, "");
+        // Each copy yields the whole body again.
+        for _ in 0..2 {
+            assert_eq!(collect(full.body()).await, "abc");
+            assert_eq!(collect(streamed.body()).await, "abcd");
+        }
+    }
+
+    #[tokio::test]
+    async fn copies_declare_a_length_only_if_the_original_did() {
+        let full = Body::from("abc").into_replayable(3, true).await.unwrap();
+        assert_eq!(full.body().size_hint().exact(), Some(3));
+        let empty = Body::empty().into_replayable(0, true).await.unwrap();
+        assert_eq!(empty.body().size_hint().exact(), Some(0));
+        // One frame or several, a body that streamed is copied without a length to declare.
+        for parts in [&["abcd"][..], &["ab", "cd"]] {
+            let streamed = chunks(parts).into_replayable(4, true).await.unwrap();
+            let copy = streamed.body();
+            assert_eq!(copy.size_hint().exact(), None, "{parts:?}");
+            assert_eq!(copy.size_hint().lower(), 4);
+            // And so is a copy of a copy, which a hedge makes.
+            let again = copy.into_replayable(4, true).await.unwrap().body();
+            assert_eq!(again.size_hint().exact(), None, "{parts:?}");
+            assert_eq!(collect(again).await, "abcd");
+        }
     }
 
     #[tokio::test]
@@ -456,13 +548,11 @@ mod tests {
         drop(sender);
         assert_eq!(collect(body).await, "abcd");
         // Ready at once: buffered as with waiting.
-        assert_eq!(
-            chunks(&["ab", "cd"])
-                .into_replayable(4, false)
-                .await
-                .unwrap(),
-            "abcd"
-        );
+        let ready = chunks(&["ab", "cd"])
+            .into_replayable(4, false)
+            .await
+            .unwrap();
+        assert_eq!(ready.data, "abcd");
     }
 
     #[tokio::test]

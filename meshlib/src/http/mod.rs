@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use self::body::Body;
+pub(crate) use self::body::Replayable;
 pub use self::client::{HttpClient, ResponseFuture};
 pub(crate) use self::connect::{Connection, Connector};
 pub use self::endpoint::ServedBy;
