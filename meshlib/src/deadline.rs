@@ -91,14 +91,17 @@ impl Deadline {
             .get(&TIMEOUT_HEADER_NAME)
             .and_then(|value| value.to_str().ok()?.trim().parse().ok())
             .map(Duration::from_millis);
-        let grpc = headers
-            .get(&crate::grpc::TIMEOUT_HEADER_NAME)
-            .and_then(|value| crate::grpc::parse_timeout(value.to_str().ok()?));
+        let grpc = grpc_timeout(headers);
         let timeout = match (mesh, grpc) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b)?,
         };
         Some(Self::after(timeout))
+    }
+
+    /// The deadline a gRPC call's own `grpc-timeout` sets, if it has a valid one.
+    pub(crate) fn from_grpc_timeout(headers: &http::HeaderMap) -> Option<Self> {
+        grpc_timeout(headers).map(Self::after)
     }
 
     /// Announces the time left at `now` in `headers`, replacing any earlier value.
@@ -116,6 +119,12 @@ impl Deadline {
             crate::grpc::format_timeout(self.0.saturating_duration_since(now)),
         );
     }
+}
+
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get(&crate::grpc::TIMEOUT_HEADER_NAME)
+        .and_then(|value| crate::grpc::parse_timeout(value.to_str().ok()?))
 }
 
 /// A server layer that honours the deadline announced by the caller: while the wrapped service

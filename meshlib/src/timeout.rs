@@ -85,7 +85,7 @@ where
         let mut own = Deadline::after(timeout);
         let mut allowed = timeout;
         let grpc = crate::grpc::is_grpc(request.headers());
-        if grpc && let Some(asked) = Deadline::from_headers(request.headers()) {
+        if grpc && let Some(asked) = Deadline::from_grpc_timeout(request.headers()) {
             own = own.min(asked);
             allowed = own.remaining();
         }

@@ -146,8 +146,9 @@ impl Inner {
                 None if !self.http2 => Some(endpoint.authority()),
                 None => None,
             };
-            if !request.headers().contains_key(HOST)
-                && let Some(host) = host.and_then(|authority| self.host(authority))
+            if let Some(authority) = host
+                && !request.headers().contains_key(HOST)
+                && let Some(host) = self.host(authority)
             {
                 request.headers_mut().insert(HOST, host);
             }

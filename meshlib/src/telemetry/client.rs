@@ -285,10 +285,11 @@ fn is_sampled(cx: &Context) -> bool {
 /// Gives the request an id unless it has one: the id of the request being served, else a new
 /// one if ids are generated.
 fn give_request_id(request: &mut Request<Body>, generate: bool) {
-    if !request.headers().contains_key(request_id::HEADER_NAME)
+    // One lookup of the name, whether the request has an id or is given one.
+    if let http::header::Entry::Vacant(entry) = request.headers_mut().entry(request_id::HEADER_NAME)
         && let Some(id) = request_id::current().or_else(|| generate.then(request_id::generate))
     {
-        request.headers_mut().insert(request_id::HEADER_NAME, id);
+        entry.insert(id);
     }
 }
 
