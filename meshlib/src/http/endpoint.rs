@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -116,74 +117,90 @@ impl AttemptService for Endpoints {
 }
 
 impl Inner {
-    /// Not an `async fn`, whose arguments are kept twice in its future (once as given, once as
-    /// the body's variables): the block uses the request and attempt where they were captured.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn would keep the request and attempt twice in its future"
-    )]
+    /// Picks an endpoint and hands it the request at once, before the future is polled (see
+    /// [`AttemptService`]), so that the future keeps only what it needs to await the answer:
+    /// this future is part of every request's, and is moved whole as the layers above wrap it.
+    /// Waiting for discovery to produce a first endpoint, which is rare, is boxed.
     fn send(
         self: Arc<Self>,
+        request: Request<Body>,
+        attempt: Attempt,
+    ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'static {
+        match self.balancer.try_pick(&target(&request, &attempt)) {
+            Ok(endpoint) => Either::Left(Either::Left(self.send_to(endpoint, request, attempt))),
+            Err(Unavailable::NoEndpoints) => Either::Right(Box::pin(async move {
+                let endpoint = self
+                    .wait_for_endpoint(&target(&request, &attempt), attempt.deadline)
+                    .await?;
+                self.send_to(endpoint, request, attempt).await
+            })
+                as Pin<Box<dyn Future<Output = _> + Send>>),
+            Err(unavailable) => Either::Left(Either::Right(std::future::ready(Err(
+                self.unavailable(unavailable, Duration::ZERO)
+            )))),
+        }
+    }
+
+    /// Sends `request` to `endpoint`: the request made ready for it and handed to the
+    /// connection now, the answer awaited and classified by the future.
+    fn send_to(
+        self: Arc<Self>,
+        endpoint: Arc<BalancedEndpoint>,
         mut request: Request<Body>,
         attempt: Attempt,
     ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'static {
+        let grpc = attempt.grpc;
+        let uri = std::mem::take(request.uri_mut());
+        let mut parts = uri.into_parts();
+        // `Host` names what the caller asked for (usually the service); for a URI without an
+        // authority, the endpoint, which HTTP/2 names in `:authority` alone.
+        let host = match &parts.authority {
+            Some(authority) => Some(authority),
+            None if !self.http2 => Some(endpoint.authority()),
+            None => None,
+        };
+        if let Some(authority) = host
+            && !request.headers().contains_key(HOST)
+            && let Some(host) = self.host(authority)
+        {
+            request.headers_mut().insert(HOST, host);
+        }
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(endpoint.authority().clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are set");
+        // One reading of the clock for the time left and the start of the request.
+        let now = Instant::now();
+        if let Some(deadline) = attempt.deadline {
+            if grpc {
+                deadline.announce_grpc(request.headers_mut(), now);
+            } else {
+                deadline.announce(request.headers_mut(), now);
+            }
+        }
+        let mut in_flight = endpoint.start_at(now);
+        let per_try = attempt.deadline.filter(|_| attempt.per_try);
+        let allowed = per_try.map(Deadline::remaining);
+        // Boxed, and so moved as a pointer by every layer above: the sending state of a request
+        // on its connection is the larger part of the whole.
+        let sending: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin({
+            let inner = Arc::clone(&self);
+            let endpoint = Arc::clone(&endpoint);
+            async move { inner.client.send(&endpoint, request).await }
+        });
         async move {
-            let routed = request.extensions().get::<Routed>();
-            let target = Target {
-                subset: routed.and_then(|routed| routed.subset),
-                hash: routed.and_then(|routed| routed.hash),
-                avoid: &attempt.avoid,
-            };
-            let endpoint = self.pick(&target, attempt.deadline).await?;
-            let grpc = attempt.grpc;
-
-            let uri = std::mem::take(request.uri_mut());
-            let mut parts = uri.into_parts();
-            // `Host` names what the caller asked for (usually the service); for a URI without an
-            // authority, the endpoint, which HTTP/2 names in `:authority` alone.
-            let host = match &parts.authority {
-                Some(authority) => Some(authority),
-                None if !self.http2 => Some(endpoint.authority()),
-                None => None,
-            };
-            if let Some(authority) = host
-                && !request.headers().contains_key(HOST)
-                && let Some(host) = self.host(authority)
-            {
-                request.headers_mut().insert(HOST, host);
-            }
-            parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(endpoint.authority().clone());
-            if parts.path_and_query.is_none() {
-                parts.path_and_query = Some(PathAndQuery::from_static("/"));
-            }
-            *request.uri_mut() =
-                Uri::from_parts(parts).expect("scheme, authority and path are set");
-            // One reading of the clock for the time left and the start of the request.
-            let now = Instant::now();
-            if let Some(deadline) = attempt.deadline {
-                if grpc {
-                    deadline.announce_grpc(request.headers_mut(), now);
-                } else {
-                    deadline.announce(request.headers_mut(), now);
+            // One await, with or without the per-try timeout: each await point, and each local
+            // the sending future passes through, would keep room for one.
+            let result = match per_try {
+                None => Either::Left(sending.map(Ok)),
+                Some(deadline) => {
+                    Either::Right(tokio::time::timeout_at(deadline.instant(), sending))
                 }
             }
-
-            let addr = endpoint.endpoint().addr();
-            let mut in_flight = endpoint.start_at(now);
-            // One await of the sending future, with or without the per-try timeout, made where it
-            // is awaited: this future is part of every request's, and each await point, and each
-            // local the sending future passes through, would keep room for one.
-            let per_try = attempt.deadline.filter(|_| attempt.per_try);
-            let allowed = per_try.map(Deadline::remaining);
-            let result = match per_try {
-                None => Either::Left(self.client.send(&endpoint, request).map(Ok)),
-                Some(deadline) => Either::Right(tokio::time::timeout_at(
-                    deadline.instant(),
-                    self.client.send(&endpoint, request),
-                )),
-            }
             .await;
+            let addr = endpoint.endpoint().addr();
             let Ok(result) = result else {
                 let error = Error::timeout(&self.service, allowed.unwrap_or_default(), Some(addr));
                 in_flight.finish(self.classifier.error(&error));
@@ -239,22 +256,6 @@ impl Inner {
         }
     }
 
-    async fn pick(
-        &self,
-        target: &Target<'_>,
-        deadline: Option<Deadline>,
-    ) -> Result<Arc<BalancedEndpoint>, Error> {
-        match self.balancer.try_pick(target) {
-            Ok(endpoint) => Ok(endpoint),
-            // Boxed: rare, and its timer and wait would otherwise take room in every request's
-            // future.
-            Err(Unavailable::NoEndpoints) => {
-                Box::pin(self.wait_for_endpoint(target, deadline)).await
-            }
-            Err(unavailable) => Err(self.unavailable(unavailable, Duration::ZERO)),
-        }
-    }
-
     /// Waits, a bounded number of requests at a time, for discovery to produce an endpoint.
     async fn wait_for_endpoint(
         &self,
@@ -286,5 +287,15 @@ impl Inner {
                 "every endpoint is at its max_requests_per_endpoint",
             ),
         }
+    }
+}
+
+/// The endpoints a request may go to, as its route decided, and those its attempt avoids.
+fn target<'a>(request: &'a Request<Body>, attempt: &'a Attempt) -> Target<'a> {
+    let routed = request.extensions().get::<Routed>();
+    Target {
+        subset: routed.and_then(|routed| routed.subset),
+        hash: routed.and_then(|routed| routed.hash),
+        avoid: &attempt.avoid,
     }
 }

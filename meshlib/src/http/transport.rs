@@ -26,10 +26,11 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
+use futures_util::TryFutureExt as _;
+use futures_util::future::Either;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -75,21 +76,20 @@ impl Transport {
         })
     }
 
-    /// Sends `request`, whose URI names `endpoint`, to `endpoint`.
-    ///
-    /// Boxed: every layer above keeps this future inside its own, and moves it as it does; in a
-    /// box, what they move is a pointer rather than the kilobyte and a half the sending state
-    /// takes.
+    /// Sends `request`, whose URI names `endpoint`, to `endpoint`. The endpoint layer boxes this
+    /// future, the larger part of a request's.
     pub(crate) fn send<'a>(
         &'a self,
         endpoint: &'a BalancedEndpoint,
         request: Request<Body>,
-    ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, SendError>> + Send + 'a>> {
+    ) -> impl Future<Output = Result<Response<Body>, SendError>> + Send + 'a {
         match self {
-            Self::Http1(http1) => Box::pin(http1.send(endpoint, request)),
-            Self::Http2(http2) => {
-                Box::pin(async move { Ok(http2.send(endpoint, request).await?.map(Body::from)) })
-            }
+            Self::Http1(http1) => Either::Left(http1.send(endpoint, request)),
+            Self::Http2(http2) => Either::Right(
+                http2
+                    .send(endpoint, request)
+                    .map_ok(|response| response.map(Body::from)),
+            ),
         }
     }
 }
