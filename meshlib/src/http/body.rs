@@ -76,8 +76,8 @@ impl Body {
     }
 
     /// A body of `data` that does not declare its length (no `content-length`; chunked over
-    /// HTTP/1.1), as a body that streams cannot: how tonic frames a gRPC request, which the
-    /// mesh's gRPC channel reads into memory and sends on as such.
+    /// HTTP/1.1), as a streaming body would not: how tonic frames a gRPC request, which the
+    /// mesh's gRPC channel reads into memory and sends on framed the same way.
     pub fn without_length(data: Bytes) -> Self {
         Self::of(Kind::Unsized(Some(data)))
     }
