@@ -181,31 +181,15 @@ impl Body {
         limit: usize,
         wait: bool,
     ) -> Result<Replayable, Body> {
-        let sized = self.size_hint().exact().is_some();
         let mut body = match self.kind {
-            Kind::Empty => return Ok(Replayable::sized(Bytes::new())),
-            Kind::Full(data) => {
-                let data = data.unwrap_or_default();
-                return if data.len() <= limit {
-                    Ok(Replayable::sized(data))
-                } else {
-                    Err(Self::from(data))
-                };
-            }
-            Kind::Unsized(data) => {
-                let replayable = Replayable {
-                    data: data.unwrap_or_default(),
-                    sized: false,
-                };
-                return if replayable.data.len() <= limit {
-                    Ok(replayable)
-                } else {
-                    Err(replayable.body())
-                };
-            }
+            Kind::Empty => return Replayable::in_memory(None, true, limit),
+            Kind::Full(data) => return Replayable::in_memory(data, true, limit),
+            Kind::Unsized(data) => return Replayable::in_memory(data, false, limit),
             kind => Self::of(kind),
         };
-        if body.size_hint().lower() > limit as u64 {
+        let hint = body.size_hint();
+        let sized = hint.exact().is_some();
+        if hint.lower() > limit as u64 {
             return Err(body);
         }
         let mut frames = VecDeque::new();
@@ -277,8 +261,17 @@ pub(crate) struct Replayable {
 }
 
 impl Replayable {
-    fn sized(data: Bytes) -> Self {
-        Self { data, sized: true }
+    /// `data`, already in memory, if it is at most `limit` bytes; else a body of it, as it was.
+    fn in_memory(data: Option<Bytes>, sized: bool, limit: usize) -> Result<Self, Body> {
+        let replayable = Self {
+            data: data.unwrap_or_default(),
+            sized,
+        };
+        if replayable.data.len() <= limit {
+            Ok(replayable)
+        } else {
+            Err(replayable.body())
+        }
     }
 
     /// A copy of the body, to send.
